@@ -1,0 +1,99 @@
+// The codebook of one model: per layer, the key codebook (R residual stages
+// of C commutative sub-centers per KV head) and the value codebook (the
+// learned encoder and the additive binary codebook E). See SPEC.md.
+//
+// Key sub-centers are stored in the canonical pair layout: for a head vector
+// of P = head_dim/2 complex numbers, element [2j] is the real part and
+// [2j + 1] the imaginary part of pair j. Vectors from the model are brought
+// into this layout by pair_layout.h; the model's own layout (rotate-half or
+// interleaved) is recorded in pair_layout.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "commvq/commvq.h"
+
+namespace commvq {
+
+struct RopeSpec {
+    double theta = 10000.0;
+    int32_t scaling = COMMVQ_ROPE_SCALING_NONE;
+    double factor = 1.0;
+    double low_freq_factor = 1.0;
+    double high_freq_factor = 4.0;
+    double original_max_position = 8192.0;
+};
+
+struct KeyCodebook {
+    // [n_kv_heads][key_stages][sub_centers][head_dim], canonical pair layout.
+    std::vector<float> sub_centers;
+};
+
+struct ValueCodebook {
+    std::vector<float> lambda;       // [D]   fixed per-channel scale
+    std::vector<float> norm_weight;  // [D]   LayerNorm
+    std::vector<float> norm_bias;    // [D]
+    std::vector<float> enc1_weight;  // [I][D]
+    std::vector<float> enc1_bias;    // [I]
+    std::vector<float> enc2_weight;  // [4n][I]
+    std::vector<float> enc2_bias;    // [4n]
+    std::vector<float> codebook;     // E: [2n][D]
+};
+
+struct LayerCodebook {
+    KeyCodebook keys;
+    ValueCodebook values;
+};
+
+struct Codebook {
+    uint32_t n_layers = 0;
+    uint32_t n_kv_heads = 0;
+    uint32_t n_q_heads = 0;
+    uint32_t head_dim = 0;
+    uint32_t key_stages = 0;    // R
+    uint32_t sub_centers = 64;  // C; a stage code is A * C + B
+    uint32_t value_bits = 1;    // b
+    uint32_t value_hidden = 0;  // I
+    int32_t pair_layout = COMMVQ_PAIRS_ROTATE_HALF;
+    int32_t scale_mode = COMMVQ_SCALE_TOKEN;
+    RopeSpec rope;
+    std::string model_name;
+    std::vector<LayerCodebook> layers;
+
+    // Derived by finalize(); never stored in files.
+    uint64_t fingerprint = 0;
+    // Per layer: [n_kv_heads][key_stages][C][C], gamma_{A,B} = 2 <z_A, i z_B>.
+    std::vector<std::vector<float>> cross;
+    // Per layer: [n_kv_heads][key_stages][C], ||z_a||^2.
+    std::vector<std::vector<float>> norms;
+
+    uint32_t pairs() const { return head_dim / 2; }
+    uint32_t value_dim() const { return n_kv_heads * head_dim; }             // D
+    uint32_t value_groups() const { return value_dim() * value_bits / 2; }  // n
+    uint32_t value_code_bits() const { return 2 * value_groups(); }         // 2n
+    uint32_t code_bits() const;                                            // bits of one stage code
+    uint32_t n_key_scales() const { return scale_mode == COMMVQ_SCALE_HEAD ? n_kv_heads : 1; }
+
+    // Checks every size and value, then computes cross, norms and fingerprint.
+    // Throws Error(COMMVQ_ERR_FORMAT or _SHAPE_MISMATCH) on anything inconsistent.
+    void finalize();
+
+    const float* sub_center(uint32_t layer, uint32_t head, uint32_t stage, uint32_t a) const {
+        return layers[layer].keys.sub_centers.data() +
+               ((size_t(head) * key_stages + stage) * sub_centers + a) * head_dim;
+    }
+};
+
+// The standard R for a bit width: 1 bit -> 11 stages, 2 bits -> 21.
+uint32_t key_stages_for_bits(uint32_t value_bits);
+// The standard encoder width: I = min(4096, 4n).
+uint32_t value_hidden_for(uint32_t value_dim, uint32_t value_bits);
+
+}  // namespace commvq
+
+// The C handle is the C++ object.
+struct commvq_codebook {
+    commvq::Codebook cb;
+};
