@@ -19,5 +19,7 @@ install(FILES ${CMAKE_CURRENT_BINARY_DIR}/commvqConfig.cmake
   ${CMAKE_CURRENT_BINARY_DIR}/commvqConfigVersion.cmake
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/commvq)
 
+# The .pc file finds its prefix relative to itself, so an installed tree can move.
+file(RELATIVE_PATH COMMVQ_PC_TO_PREFIX /prefix/${CMAKE_INSTALL_LIBDIR}/pkgconfig /prefix)
 configure_file(cmake/commvq.pc.in ${CMAKE_CURRENT_BINARY_DIR}/commvq.pc @ONLY)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/commvq.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

@@ -158,6 +158,22 @@ COMMVQ_API void commvq_codebook_free(commvq_codebook_t* cb); /* NULL is fine */
 COMMVQ_API commvq_status_t commvq_codebook_get_info(const commvq_codebook_t* cb,
                                                    commvq_codebook_info_t* info);
 
+/* Codes of n_tokens pre-RoPE keys [n_tokens][n_kv_heads][head_dim] (float32,
+ * the model's pair layout) of one layer: codes [n_tokens][n_kv_heads][key_stages]
+ * (stage code A * sub_centers + B) and scales [n_tokens][n_key_scales]
+ * (1 for the token scale mode, n_kv_heads for the head mode). For tools and
+ * tests; the cache encodes by itself. */
+COMMVQ_API commvq_status_t commvq_codebook_encode_keys(const commvq_codebook_t* cb, uint32_t layer,
+                                                      uint32_t n_tokens, const float* k,
+                                                      uint16_t* codes, float* scales);
+/* Encodes and decodes n_tokens tokens of one layer ("fake quantization"):
+ * k and v are float32 [n_tokens][n_kv_heads][head_dim], keys pre-RoPE;
+ * k_out and v_out receive what the cache's attention sees for them. Either
+ * pair (k, k_out) or (v, v_out) may be NULL to skip it. */
+COMMVQ_API commvq_status_t commvq_codebook_reconstruct(const commvq_codebook_t* cb, uint32_t layer,
+                                                      uint32_t n_tokens, const float* k,
+                                                      const float* v, float* k_out, float* v_out);
+
 /* ---- cache --------------------------------------------------------------- */
 typedef struct commvq_cache commvq_cache_t;
 
