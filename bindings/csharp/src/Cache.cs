@@ -1,0 +1,187 @@
+using System;
+
+namespace Commvq
+{
+    /// <summary>
+    /// A compressed KV cache. Array overloads pin the arrays for the call (no
+    /// copy); IntPtr overloads take memory the caller owns, in the cache's io
+    /// dtype. Lengths of arrays are checked here, before the call. A cache must
+    /// not be used by two threads at once.
+    /// </summary>
+    public sealed unsafe class Cache : IDisposable
+    {
+        readonly CacheHandle handle;
+        readonly int ioDtype;
+        readonly int kvRow, qRow, nQHeads;
+
+        public Cache(Codebook codebook, CacheParams parameters)
+        {
+            CodebookInfo info = codebook.Info();
+            IntPtr raw;
+            using (var lease = new Lease(codebook.Handle, nameof(Codebook)))
+                CommvqNative.cache_create(lease.Pointer, parameters, out raw);
+            handle = new CacheHandle(raw);
+            ioDtype = parameters.IoDtype;
+            kvRow = (int)(info.NKvHeads * info.HeadDim);
+            qRow = (int)(info.NQHeads * info.HeadDim);
+            nQHeads = (int)info.NQHeads;
+        }
+
+        static uint Rows(int length, int row, string what)
+        {
+            if (length == 0 || length % row != 0)
+                throw new ArgumentException(what + " has " + length + " elements, not a positive multiple of " + row);
+            return (uint)(length / row);
+        }
+
+        void CheckDtype(bool half)
+        {
+            if (half != (ioDtype != Constants.DTYPE_F32))
+                throw new ArgumentException("element type does not match the cache's io dtype " + ioDtype);
+        }
+
+        void CheckOutputs(uint n, int outLength, float[] lse)
+        {
+            if (outLength != n * qRow)
+                throw new ArgumentException("out has " + outLength + " elements, needs " + n * qRow);
+            if (lse != null && lse.Length != n * nQHeads)
+                throw new ArgumentException("lse has " + lse.Length + " elements, needs " + n * nQHeads);
+        }
+
+        /// <summary>Appends tokens to one layer of a sequence: k, v [n][n_kv_heads][head_dim].</summary>
+        public void Append(uint layer, uint seq, float[] k, float[] v)
+        {
+            CheckDtype(false);
+            uint n = Rows(k.Length, kvRow, "k");
+            if (v.Length != k.Length)
+                throw new ArgumentException("k has " + k.Length + " elements, v " + v.Length);
+            fixed (float* pk = k, pv = v)
+                Append(layer, seq, n, (IntPtr)pk, (IntPtr)pv);
+        }
+
+        /// <summary>Append for F16 or BF16 io, as raw bits.</summary>
+        public void Append(uint layer, uint seq, ushort[] k, ushort[] v)
+        {
+            CheckDtype(true);
+            uint n = Rows(k.Length, kvRow, "k");
+            if (v.Length != k.Length)
+                throw new ArgumentException("k has " + k.Length + " elements, v " + v.Length);
+            fixed (ushort* pk = k, pv = v)
+                Append(layer, seq, n, (IntPtr)pk, (IntPtr)pv);
+        }
+
+        /// <summary>Append from memory the caller owns.</summary>
+        public void Append(uint layer, uint seq, uint nTokens, IntPtr k, IntPtr v)
+        {
+            using (var lease = new Lease(handle, nameof(Cache)))
+                CommvqNative.cache_append(lease.Pointer, layer, seq, nTokens, k, v);
+        }
+
+        /// <summary>
+        /// Attention of post-RoPE queries q [n][n_q_heads][head_dim] into out
+        /// (q's layout); lse [n][n_q_heads] may be null. flags: Constants.ATTEND_*.
+        /// </summary>
+        public void Attend(uint layer, uint seq, float[] q, float[] @out, float[] lse, uint flags)
+        {
+            CheckDtype(false);
+            uint n = Rows(q.Length, qRow, "q");
+            CheckOutputs(n, @out.Length, lse);
+            fixed (float* pq = q, po = @out, pl = lse)
+                Attend(layer, seq, n, (IntPtr)pq, (IntPtr)po, (IntPtr)pl, flags);
+        }
+
+        /// <summary>Attend for F16 or BF16 io, as raw bits; lse stays float.</summary>
+        public void Attend(uint layer, uint seq, ushort[] q, ushort[] @out, float[] lse, uint flags)
+        {
+            CheckDtype(true);
+            uint n = Rows(q.Length, qRow, "q");
+            CheckOutputs(n, @out.Length, lse);
+            fixed (ushort* pq = q, po = @out)
+            fixed (float* pl = lse)
+                Attend(layer, seq, n, (IntPtr)pq, (IntPtr)po, (IntPtr)pl, flags);
+        }
+
+        /// <summary>Attend on memory the caller owns; lse may be IntPtr.Zero.</summary>
+        public void Attend(uint layer, uint seq, uint nQueries, IntPtr q, IntPtr @out, IntPtr lse, uint flags)
+        {
+            using (var lease = new Lease(handle, nameof(Cache)))
+                CommvqNative.cache_attend(lease.Pointer, layer, seq, nQueries, q, @out, lse, flags);
+        }
+
+        /// <summary>One decode query per sequence: q [seqIds.Length][n_q_heads][head_dim].</summary>
+        public void AttendBatch(uint layer, uint[] seqIds, float[] q, float[] @out, float[] lse, uint flags)
+        {
+            CheckDtype(false);
+            uint n = Rows(q.Length, qRow, "q");
+            if (n != seqIds.Length)
+                throw new ArgumentException(seqIds.Length + " sequences, " + n + " queries");
+            CheckOutputs(n, @out.Length, lse);
+            using (var lease = new Lease(handle, nameof(Cache)))
+            fixed (uint* ps = seqIds)
+            fixed (float* pq = q, po = @out, pl = lse)
+                CommvqNative.cache_attend_batch(lease.Pointer, layer, n, (IntPtr)ps, (IntPtr)pq, (IntPtr)po,
+                                                (IntPtr)pl, flags);
+        }
+
+        public ulong SeqLength(uint seq)
+        {
+            ulong length;
+            using (var lease = new Lease(handle, nameof(Cache)))
+                CommvqNative.cache_seq_length(lease.Pointer, seq, out length);
+            return length;
+        }
+
+        public void SeqClear(uint seq)
+        {
+            using (var lease = new Lease(handle, nameof(Cache)))
+                CommvqNative.cache_seq_clear(lease.Pointer, seq);
+        }
+
+        public void SeqTruncate(uint seq, ulong newLength)
+        {
+            using (var lease = new Lease(handle, nameof(Cache)))
+                CommvqNative.cache_seq_truncate(lease.Pointer, seq, newLength);
+        }
+
+        public void SeqFork(uint src, uint dst)
+        {
+            using (var lease = new Lease(handle, nameof(Cache)))
+                CommvqNative.cache_seq_fork(lease.Pointer, src, dst);
+        }
+
+        public void SeqSave(uint seq, string path)
+        {
+            using (var lease = new Lease(handle, nameof(Cache)))
+                CommvqNative.cache_seq_save(lease.Pointer, seq, path);
+        }
+
+        public void SeqLoad(uint seq, string path)
+        {
+            using (var lease = new Lease(handle, nameof(Cache)))
+                CommvqNative.cache_seq_load(lease.Pointer, seq, path);
+        }
+
+        public CacheStats Stats()
+        {
+            var stats = new CacheStats();
+            using (var lease = new Lease(handle, nameof(Cache)))
+                CommvqNative.cache_get_stats(lease.Pointer, stats);
+            return stats;
+        }
+
+        /// <summary>Queues the cache's work on a CUDA stream (a cudaStream_t).</summary>
+        public void SetStream(IntPtr cudaStream)
+        {
+            using (var lease = new Lease(handle, nameof(Cache)))
+                CommvqNative.cache_set_stream(lease.Pointer, cudaStream);
+        }
+
+        public void Synchronize()
+        {
+            using (var lease = new Lease(handle, nameof(Cache)))
+                CommvqNative.cache_synchronize(lease.Pointer);
+        }
+
+        public void Dispose() => handle.Dispose();
+    }
+}

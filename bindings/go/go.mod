@@ -1,0 +1,3 @@
+module commvq
+
+go 1.19

@@ -1,0 +1,161 @@
+"""Cache: a compressed KV cache, fed and queried with NumPy arrays."""
+
+import ctypes
+import os
+
+import numpy as np
+
+from . import _api
+from .codebook import _as_dict, _set_field
+from .errors import check
+
+# NumPy has no bfloat16: BF16 tensors travel as their raw uint16 bits.
+_IO_DTYPES = {_api.DTYPE_F32: np.float32, _api.DTYPE_F16: np.float16, _api.DTYPE_BF16: np.uint16}
+_FLOAT_P = ctypes.POINTER(ctypes.c_float)
+
+
+class Cache:
+    """Owns one commvq_cache_t; close() (or leaving a `with` block) destroys it.
+
+    Keyword arguments set fields of commvq_cache_params_t (device, max_seqs,
+    max_tokens, block_tokens, window, sink_tokens, io_dtype, key_convention,
+    attn_scale, n_threads); the others keep the library's defaults.
+
+    Arrays are converted to the cache's io dtype and made contiguous (a copy
+    only when they are not already); shapes are checked here, before the call.
+    A cache must not be used by two threads at once.
+    """
+
+    def __init__(self, codebook, **params):
+        self._lib = _api.library()
+        p = _api.CacheParams()
+        self._lib.commvq_cache_params_init(ctypes.byref(p))
+        for name, value in params.items():
+            _set_field(p, name, value)
+        handle = _api.CachePtr()
+        check(self._lib.commvq_cache_create(codebook._live(), ctypes.byref(p), ctypes.byref(handle)))
+        self._handle = handle
+        info = codebook.info
+        self.n_layers = info["n_layers"]
+        self.n_kv_heads = info["n_kv_heads"]
+        self.n_q_heads = info["n_q_heads"]
+        self.head_dim = info["head_dim"]
+        self.dtype = np.dtype(_IO_DTYPES[p.io_dtype])
+
+    # ---- tokens ------------------------------------------------------------
+    def append(self, layer, seq, k, v):
+        """Appends tokens to one layer of a sequence: k, v [n_tokens, n_kv_heads, head_dim]."""
+        k = self._tokens(k, self.n_kv_heads, "k")
+        v = self._tokens(v, self.n_kv_heads, "v")
+        if k.shape != v.shape:
+            raise ValueError(f"k and v differ in shape: {k.shape} and {v.shape}")
+        check(self._lib.commvq_cache_append(self._live(), layer, seq, k.shape[0], k.ctypes.data, v.ctypes.data))
+
+    def attend(self, layer, seq, q, causal=True, out=None, lse=None):
+        """Attention of post-RoPE queries q [n_queries, n_q_heads, head_dim].
+
+        Returns (out, lse): out in q's layout and the cache's io dtype, lse
+        float32 [n_queries, n_q_heads]. Pass out= / lse= to write into
+        existing contiguous arrays instead.
+        """
+        q = self._tokens(q, self.n_q_heads, "q")
+        out, lse = self._outputs(q.shape[0], out, lse)
+        check(self._lib.commvq_cache_attend(self._live(), layer, seq, q.shape[0], q.ctypes.data, out.ctypes.data,
+                                            lse.ctypes.data_as(_FLOAT_P), self._flags(causal)))
+        return out, lse
+
+    def attend_batch(self, layer, seq_ids, q, causal=True, out=None, lse=None):
+        """One decode query per sequence: q [len(seq_ids), n_q_heads, head_dim]."""
+        seq_ids = np.ascontiguousarray(seq_ids, dtype=np.uint32)
+        q = self._tokens(q, self.n_q_heads, "q")
+        if seq_ids.ndim != 1 or seq_ids.shape[0] != q.shape[0]:
+            raise ValueError(f"need one query per sequence: {seq_ids.shape[0]} ids, {q.shape[0]} queries")
+        out, lse = self._outputs(q.shape[0], out, lse)
+        check(self._lib.commvq_cache_attend_batch(self._live(), layer, seq_ids.shape[0],
+                                                  seq_ids.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
+                                                  q.ctypes.data, out.ctypes.data, lse.ctypes.data_as(_FLOAT_P),
+                                                  self._flags(causal)))
+        return out, lse
+
+    # ---- sequences -----------------------------------------------------------
+    def seq_length(self, seq):
+        length = ctypes.c_uint64()
+        check(self._lib.commvq_cache_seq_length(self._live(), seq, ctypes.byref(length)))
+        return length.value
+
+    def seq_clear(self, seq):
+        check(self._lib.commvq_cache_seq_clear(self._live(), seq))
+
+    def seq_truncate(self, seq, new_length):
+        check(self._lib.commvq_cache_seq_truncate(self._live(), seq, new_length))
+
+    def seq_fork(self, src, dst):
+        check(self._lib.commvq_cache_seq_fork(self._live(), src, dst))
+
+    def seq_save(self, seq, path):
+        check(self._lib.commvq_cache_seq_save(self._live(), seq, os.fsencode(path)))
+
+    def seq_load(self, seq, path):
+        check(self._lib.commvq_cache_seq_load(self._live(), seq, os.fsencode(path)))
+
+    def stats(self):
+        """commvq_cache_stats_t as a dict."""
+        stats = _api.CacheStats()
+        self._lib.commvq_cache_stats_init(ctypes.byref(stats))
+        check(self._lib.commvq_cache_get_stats(self._live(), ctypes.byref(stats)))
+        return _as_dict(stats)
+
+    # ---- GPU ---------------------------------------------------------------------
+    def set_stream(self, cuda_stream):
+        """cuda_stream: a cudaStream_t as an int (e.g. torch.cuda.Stream().cuda_stream)."""
+        check(self._lib.commvq_cache_set_stream(self._live(), cuda_stream))
+
+    def synchronize(self):
+        check(self._lib.commvq_cache_synchronize(self._live()))
+
+    # ---- ownership -----------------------------------------------------------------
+    def close(self):
+        """Destroys the cache; later calls raise ValueError. Closing twice is fine."""
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle:
+            self._lib.commvq_cache_destroy(handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    # ---- helpers -----------------------------------------------------------------
+    def _live(self):
+        if not self._handle:
+            raise ValueError("the cache is closed")
+        return self._handle
+
+    def _tokens(self, x, heads, name):
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        want = (heads, self.head_dim)
+        if x.ndim == 2 and x.shape[1] == heads * self.head_dim:
+            x = x.reshape(x.shape[0], heads, self.head_dim)
+        if x.ndim != 3 or x.shape[1:] != want:
+            raise ValueError(f"{name} must be [n, {heads}, {self.head_dim}], got {list(x.shape)}")
+        return x
+
+    def _outputs(self, n, out, lse):
+        out_shape, lse_shape = (n, self.n_q_heads, self.head_dim), (n, self.n_q_heads)
+        if out is None:
+            out = np.empty(out_shape, dtype=self.dtype)
+        elif out.shape != out_shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a contiguous {self.dtype} array of shape {out_shape}")
+        if lse is None:
+            lse = np.empty(lse_shape, dtype=np.float32)
+        elif lse.shape != lse_shape or lse.dtype != np.float32 or not lse.flags.c_contiguous:
+            raise ValueError(f"lse must be a contiguous float32 array of shape {lse_shape}")
+        return out, lse
+
+    @staticmethod
+    def _flags(causal):
+        return _api.ATTEND_CAUSAL if causal else _api.ATTEND_NON_CAUSAL

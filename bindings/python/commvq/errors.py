@@ -1,0 +1,29 @@
+"""Failed calls become CommvqError, carrying the status and the library's message."""
+
+from . import _api
+
+
+class CommvqError(Exception):
+    """A libcommvq call failed.
+
+    status: the commvq_status_t code (compare with commvq.ERR_*),
+    status_name: e.g. "COMMVQ_ERR_CAPACITY", message: commvq_last_error().
+    """
+
+    def __init__(self, status, status_name, message):
+        super().__init__(f"{status_name}: {message}")
+        self.status = status
+        self.status_name = status_name
+        self.message = message
+
+
+def check(status):
+    """Raises CommvqError for a nonzero status.
+
+    Must run right after the failed call, on the same thread: the message is
+    thread-local and replaced by the thread's next call into the library.
+    """
+    if status != _api.OK:
+        lib = _api.library()
+        message = lib.commvq_last_error().decode(errors="replace")  # first: the next call may replace it
+        raise CommvqError(status, lib.commvq_status_string(status).decode(), message)

@@ -1,0 +1,71 @@
+/* One SWIG interface over include/commvq/commvq.h for Java and C#.
+ *
+ * The header is %included as it is: no declaration is repeated here. What
+ * this file adds is how C types cross into each language (typemaps), in one
+ * place per concern:
+ *  - commvq_status_t results become void methods that throw CommvqException
+ *    (status + commvq_last_error()) through the hand-written check helper;
+ *  - opaque handles cross as plain integers (Java long, C# IntPtr) that the
+ *    owning classes (Codebook, Cache) hold; `T** out` parameters become a
+ *    one-element array (Java) or an out parameter (C#);
+ *  - buffers cross without copies: direct java.nio buffers in Java, IntPtr in
+ *    C# (the owning classes pin arrays for float[] overloads);
+ *  - parameter structs get a constructor that runs their *_init() function.
+ * Language specifics live in commvq_java.i and commvq_csharp.i. */
+
+/* The raw calls land in a non-public class CommvqNative; the public API is
+ * the owning classes (bindings/java, bindings/csharp) and the constants
+ * (Java: CommvqNativeConstants, which Commvq implements; C#: the class
+ * Constants from commvq_constants.i). */
+#if defined(SWIGJAVA)
+%module(package="org.commvq") CommvqNative
+#else
+%module CommvqNative
+#endif
+
+%{
+#include <stdlib.h>
+#include "commvq/commvq.h"
+%}
+
+%include <stdint.i>
+
+/* Names without the C prefix: commvq_cache_append -> cache_append,
+ * COMMVQ_ERR_IO -> ERR_IO; structs get class names (fields are renamed per
+ * language). */
+%rename("%(regex:/^(commvq|COMMVQ)_(.*)/\\2/)s") "";
+%rename(RopeInfo) commvq_rope_info;
+%rename(CodebookInfo) commvq_codebook_info;
+%rename(CacheParams) commvq_cache_params;
+%rename(CacheStats) commvq_cache_stats;
+%rename(TrainParams) commvq_train_params;
+
+/* A progress callback cannot be a plain value in Java or C#; training from
+ * these bindings runs without one. */
+%ignore commvq_train_params::progress;
+%ignore commvq_train_params::progress_user;
+
+/* Parameter structs start at the library's defaults. */
+%define COMMVQ_INIT_CONSTRUCTOR(TAG, TYPE, INIT)
+%extend TAG {
+    TAG() {
+        TYPE* self = (TYPE*)calloc(1, sizeof(TYPE));
+        if (self) INIT(self);
+        return self;
+    }
+}
+%enddef
+COMMVQ_INIT_CONSTRUCTOR(commvq_codebook_info, commvq_codebook_info_t, commvq_codebook_info_init)
+COMMVQ_INIT_CONSTRUCTOR(commvq_cache_params, commvq_cache_params_t, commvq_cache_params_init)
+COMMVQ_INIT_CONSTRUCTOR(commvq_cache_stats, commvq_cache_stats_t, commvq_cache_stats_init)
+COMMVQ_INIT_CONSTRUCTOR(commvq_train_params, commvq_train_params_t, commvq_train_params_init)
+
+#if defined(SWIGJAVA)
+%include "commvq_java.i"
+#elif defined(SWIGCSHARP)
+%include "commvq_csharp.i"
+#endif
+
+/* For SWIG's own parser only: COMMVQ_API expands to nothing. */
+#define COMMVQ_STATIC_DEFINE
+%include "commvq/commvq.h"
