@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "commvq/commvq.h"
@@ -85,6 +86,27 @@ struct Codebook {
                ((size_t(head) * key_stages + stage) * sub_centers + a) * head_dim;
     }
 };
+
+// One tensor of a layer as codebook files name it (docs/FORMATS.md), in the
+// fixed order that files and the fingerprint use.
+struct CodebookTensorSpec {
+    std::string name;              // e.g. "layers.3.values.enc1.weight"
+    std::vector<uint64_t> shape;
+};
+std::vector<CodebookTensorSpec> layer_tensor_specs(const Codebook& cb, uint32_t layer);
+// The same tensors' storage, in the same order.
+std::vector<const std::vector<float>*> layer_tensor_data(const LayerCodebook& layer);
+std::vector<std::vector<float>*> layer_tensor_data(LayerCodebook& layer);
+
+// The shape, layout and RoPE fields as (key, value) strings, in a fixed
+// order, exactly as codebook files write them in __metadata__ (doubles with
+// %.17g, enums by name). The fingerprint hashes this text.
+std::vector<std::pair<std::string, std::string>> codebook_shape_metadata(const Codebook& cb);
+// Names of the enums in files: "rotate_half"/"interleaved", "token"/"head",
+// "none"/"linear"/"llama3".
+const char* pair_layout_name(int32_t pair_layout);
+const char* scale_mode_name(int32_t scale_mode);
+const char* rope_scaling_name(int32_t scaling);
 
 // The standard R for a bit width: 1 bit -> 11 stages, 2 bits -> 21.
 uint32_t key_stages_for_bits(uint32_t value_bits);

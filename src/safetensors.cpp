@@ -113,7 +113,7 @@ std::vector<float> TensorView::to_float() const {
     // f16/bf16 data may be unaligned: go through a copy.
     std::vector<uint16_t> raw(n);
     if (n) std::memcpy(raw.data(), data, n * 2);
-    to_float(raw.data(), dt, n, out.data());
+    commvq::to_float(raw.data(), dt, n, out.data());
     return out;
 }
 
@@ -169,7 +169,7 @@ std::vector<uint8_t> read_file(const std::string& path) {
     const std::streamoff size = in.tellg();
     if (size < 0) throw Error(COMMVQ_ERR_IO, "cannot determine the size of '" + path + "'");
     in.seekg(0, std::ios::beg);
-    std::vector<uint8_t> bytes(size_t(size));
+    std::vector<uint8_t> bytes(static_cast<size_t>(size));
     if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size))
         throw Error(COMMVQ_ERR_IO, "cannot read '" + path + "'");
     return bytes;
@@ -207,7 +207,7 @@ void Writer::add(const std::string& name, const std::string& dtype, const std::v
 void Writer::add_f32(const std::string& name, const std::vector<uint64_t>& shape, const float* values) {
     uint64_t n = 1;
     for (uint64_t d : shape) n *= d;
-    std::vector<uint8_t> bytes(size_t(n) * 4);
+    std::vector<uint8_t> bytes(static_cast<size_t>(n) * 4);
     if (n) std::memcpy(bytes.data(), values, bytes.size());
     add(name, "F32", shape, std::move(bytes));
 }
@@ -215,9 +215,9 @@ void Writer::add_f32(const std::string& name, const std::vector<uint64_t>& shape
 void Writer::add_f16(const std::string& name, const std::vector<uint64_t>& shape, const float* values) {
     uint64_t n = 1;
     for (uint64_t d : shape) n *= d;
-    std::vector<uint16_t> half(size_t(n));
+    std::vector<uint16_t> half(static_cast<size_t>(n));
     from_float(values, size_t(n), COMMVQ_DTYPE_F16, half.data());
-    std::vector<uint8_t> bytes(size_t(n) * 2);
+    std::vector<uint8_t> bytes(static_cast<size_t>(n) * 2);
     if (n) std::memcpy(bytes.data(), half.data(), bytes.size());
     add(name, "F16", shape, std::move(bytes));
 }

@@ -26,6 +26,9 @@ public:
     void decode(const uint8_t* bits, float weight, float* out) const;
 
 private:
+    // y = sum_i bit_i E_i, [D].
+    void sum_codewords(const uint8_t* bits, float* y) const;
+
     const Codebook& cb_;
     uint32_t layer_;
 };
