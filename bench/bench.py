@@ -1,0 +1,92 @@
+"""Decode-attention and encoding benchmark of the CUDA back end, next to
+PyTorch's bf16 scaled_dot_product_attention in the same process on the same
+GPU (LLaMA-3.1-8B layer: 32 query heads, 8 KV heads, head_dim 128).
+
+    python3 bench/bench.py build-gpu/bench/libcommvq_bench.so
+
+Prints a markdown table (docs/PERF.md keeps the results)."""
+import ctypes
+import datetime
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+HQ, HKV, D = 32, 8, 128
+
+
+def sdpa_us(batch, ctx, backend, reps=200):
+    """Median µs of one bf16 decode SDPA call, rotating over 4 KV sets (layers)."""
+    q = torch.randn(batch, HQ, 1, D, device="cuda", dtype=torch.bfloat16)
+    kvs = [(torch.randn(batch, HKV, ctx, D, device="cuda", dtype=torch.bfloat16),
+            torch.randn(batch, HKV, ctx, D, device="cuda", dtype=torch.bfloat16)) for _ in range(4)]
+    try:
+        with sdpa_kernel(backend):
+            for k, v in kvs:
+                F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            times = []
+            for i in range(reps):
+                k, v = kvs[i % 4]
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+                b.record()
+                b.synchronize()
+                times.append(a.elapsed_time(b) * 1000)
+        return statistics.median(times)
+    except RuntimeError as e:
+        print(f"  (SDPA backend {backend} unavailable: {str(e).splitlines()[0]})", file=sys.stderr)
+        return float("nan")
+    finally:
+        del kvs
+        torch.cuda.empty_cache()
+
+
+def main():
+    lib = ctypes.CDLL(sys.argv[1])
+    lib.cvq_bench_decode.restype = ctypes.c_double
+    lib.cvq_bench_decode.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint32]
+    lib.cvq_bench_encode.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double)]
+    lib.cvq_bench_prompt.argtypes = [ctypes.c_uint64, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double)]
+    only = set(sys.argv[2:])
+
+    print(f"# {torch.cuda.get_device_name()} , {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}")
+    targets = {(1, 1, 131072): "<= 131 (then < 90)", (1, 1, 32768): "<= 45", (2, 1, 131072): "<= 260",
+               (1, 8, 32768): "<= 282", (1, 1, 1024): "< 15"}
+    if not only or "decode" in only:
+        print("| bits | B | context | commvq (µs) | bf16 SDPA flash (µs) | bf16 SDPA cuDNN (µs) | ratio vs flash | ratio vs cuDNN | target (µs) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for bits in (1, 2):
+            for batch, ctx in ((1, 1024), (1, 8192), (1, 32768), (1, 131072), (8, 8192), (8, 32768)):
+                ours = lib.cvq_bench_decode(bits, batch, ctx, 50)
+                flash = sdpa_us(batch, ctx, SDPBackend.FLASH_ATTENTION)
+                cudnn = sdpa_us(batch, ctx, SDPBackend.CUDNN_ATTENTION)
+                print(f"| {bits} | {batch} | {ctx} | {ours:.1f} | {flash:.1f} | {cudnn:.1f} | "
+                      f"{ours / flash:.2f} | {ours / cudnn:.2f} | {targets.get((bits, batch, ctx), '')} |", flush=True)
+    if not only or "encode" in only:
+        out = (ctypes.c_double * 5)()
+        print("\n| bits | key encoding (tok/s/layer) | value encoding fp32 | value encoding tf32 | whole append fp32 | value bits tf32 changes |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for bits in (1, 2):
+            if lib.cvq_bench_encode(bits, 32768, out) != 0:
+                print(f"| {bits} | failed |")
+                continue
+            print(f"| {bits} | {out[0] / 1e6:.2f}M | {out[1] / 1e6:.2f}M | {out[2] / 1e6:.2f}M | {out[3] / 1e6:.2f}M | {out[4] * 100:.3f}% |", flush=True)
+    if not only or "prompt" in only:
+        out = (ctypes.c_double * 4)()
+        for tf32 in ("0", "1"):
+            os.environ["COMMVQ_CUDA_TF32"] = tf32  # read when a cache is created
+            if lib.cvq_bench_prompt(131072, 32, out) != 0:
+                continue
+            print(f"\n128K-token prompt, 32 layers, 1-bit, value products {'tf32' if tf32 == '1' else 'fp32'}: "
+                  f"encoded in {out[0]:.3f} s (target < 0.5 s)")
+            print(f"device memory: compressed blocks {out[1] / 1e9:.3f} GB ({out[1] / 2**30:.3f} GiB), window "
+                  f"{out[2] / 1e6:.1f} MB, together {(out[1] + out[2]) / 1e9:.3f} GB (target <= 1.15 GB); "
+                  f"everything reserved at creation incl. codebooks and scratch {out[3] / 1e9:.3f} GB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+// Timing of the CUDA back end, as a small C ABI that bench/bench.py loads
+// with ctypes, so the library and PyTorch's bf16 attention run in one
+// process on the same GPU. Codebooks are random (tests/support) with the
+// LLaMA-3.1-8B layer shape: 32 query heads, 8 KV heads, head_dim 128.
+// Times come from CUDA events; decode attention is timed as CUDA-graph
+// replays (what an engine runs), cycling over 4 layers so the pool is not
+// one L2-resident buffer.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "cache.h"
+#include "commvq/commvq.h"
+#include "launchers.h"
+#include "random_codebook.h"
+#include "rope.h"
+
+namespace {
+
+using namespace commvq;
+
+#define BENCH_CUDA(x)                                                                     \
+    do {                                                                                  \
+        cudaError_t e_ = (x);                                                             \
+        if (e_ != cudaSuccess) {                                                          \
+            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+            return -1;                                                                    \
+        }                                                                                 \
+    } while (0)
+#define BENCH_OK(x)                                                                       \
+    do {                                                                                  \
+        commvq_status_t s_ = (x);                                                         \
+        if (s_ != COMMVQ_OK) {                                                            \
+            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, commvq_last_error()); \
+            return -1;                                                                    \
+        }                                                                                 \
+    } while (0)
+
+const Codebook& llama_codebook(uint32_t bits, uint32_t layers) {
+    static std::map<std::pair<uint32_t, uint32_t>, std::unique_ptr<Codebook>> made;
+    auto& cb = made[{bits, layers}];
+    if (!cb) {
+        test::RandomCodebookSpec s;
+        s.n_layers = layers;
+        s.n_kv_heads = 8;
+        s.n_q_heads = 32;
+        s.head_dim = 128;
+        s.value_bits = bits;
+        s.rope.theta = 500000;
+        s.seed = 42 + bits;
+        cb = std::make_unique<Codebook>(test::random_codebook(s));
+    }
+    return *cb;
+}
+
+// Random bf16 rows on the device.
+struct DeviceRows {
+    void* ptr = nullptr;
+    DeviceRows(size_t n, double stddev, uint64_t seed) {
+        test::Rng rng(seed);
+        std::vector<__nv_bfloat16> h(n);
+        for (auto& x : h) x = __float2bfloat16(float(rng.normal() * stddev));
+        cudaMalloc(&ptr, n * 2);
+        cudaMemcpy(ptr, h.data(), n * 2, cudaMemcpyHostToDevice);
+    }
+    ~DeviceRows() { cudaFree(ptr); }
+};
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+commvq_cache_params_t params(uint32_t max_seqs, uint64_t max_tokens) {
+    commvq_cache_params_t p;
+    commvq_cache_params_init(&p);
+    p.device = 0;
+    p.max_seqs = max_seqs;
+    p.max_tokens = max_tokens;
+    p.block_tokens = 64;
+    p.window = 128;
+    p.io_dtype = COMMVQ_DTYPE_BF16;
+    return p;
+}
+
+constexpr uint32_t kChunk = 32768;  // tokens per append
+
+int fill(commvq_cache_t* c, uint32_t layers, uint32_t seq, uint64_t tokens, const DeviceRows& k, const DeviceRows& v) {
+    for (uint64_t t = 0; t < tokens; t += kChunk) {
+        const uint32_t n = uint32_t(std::min<uint64_t>(kChunk, tokens - t));
+        for (uint32_t l = 0; l < layers; ++l) BENCH_OK(commvq_cache_append(c, l, seq, n, k.ptr, v.ptr));
+    }
+    return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Decode attention, µs per layer: `batch` sequences of `ctx` tokens, one
+// bf16 query each; median over graph replays. Returns < 0 on failure.
+__attribute__((visibility("default"))) double cvq_bench_decode(uint32_t bits, uint32_t batch, uint64_t ctx,
+                                                                uint32_t replays) {
+    constexpr uint32_t kLayers = 4;
+    const Codebook& cb = llama_codebook(bits, kLayers);
+    commvq_codebook_t handle{cb};
+    commvq_cache_t* c = nullptr;
+    const commvq_cache_params_t p = params(batch, batch * ctx + 64 * batch);
+    BENCH_OK(commvq_cache_create(&handle, &p, &c));
+    std::unique_ptr<commvq_cache_t, void (*)(commvq_cache_t*)> guard(c, commvq_cache_destroy);
+    const size_t row = size_t(cb.value_dim());
+    DeviceRows k(std::min<uint64_t>(ctx, kChunk) * row, 2.0, 1), v(std::min<uint64_t>(ctx, kChunk) * row, 1.0, 2);
+    for (uint32_t s = 0; s < batch; ++s)
+        if (fill(c, kLayers, s, ctx, k, v)) return -1;
+    DeviceRows q(size_t(batch) * cb.n_q_heads * cb.head_dim, 3.0, 3);
+    void* out = nullptr;
+    BENCH_CUDA(cudaMalloc(&out, size_t(batch) * cb.n_q_heads * cb.head_dim * 2));
+    std::vector<uint32_t> seqs(batch);
+    for (uint32_t s = 0; s < batch; ++s) seqs[s] = s;
+    cudaStream_t stream;
+    BENCH_CUDA(cudaStreamCreate(&stream));
+    BENCH_OK(commvq_cache_set_stream(c, stream));
+    for (uint32_t l = 0; l < kLayers; ++l)  // settle the device state outside the graph
+        BENCH_OK(commvq_cache_attend_batch(c, l, batch, seqs.data(), q.ptr, out, nullptr, 0));
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    BENCH_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    for (uint32_t l = 0; l < kLayers; ++l)
+        BENCH_OK(commvq_cache_attend_batch(c, l, batch, seqs.data(), q.ptr, out, nullptr, 0));
+    BENCH_CUDA(cudaStreamEndCapture(stream, &graph));
+    BENCH_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    std::vector<double> times;
+    for (uint32_t i = 0; i < replays + 5; ++i) {
+        cudaEventRecord(a, stream);
+        cudaGraphLaunch(exec, stream);
+        cudaEventRecord(b, stream);
+        BENCH_CUDA(cudaEventSynchronize(b));
+        float ms = 0;
+        cudaEventElapsedTime(&ms, a, b);
+        if (i >= 5) times.push_back(ms * 1000.0 / kLayers);
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    commvq_cache_set_stream(c, nullptr);
+    cudaStreamDestroy(stream);
+    cudaFree(out);
+    return median(times);
+}
+
+// Encoding throughput of one layer, tokens per second: out[0] keys,
+// out[1] values with fp32 products, out[2] values with tf32 products,
+// out[3] a whole append (both encoders, packing, window) with fp32 products,
+// out[4] the fraction of value code bits that tf32 products change.
+__attribute__((visibility("default"))) int cvq_bench_encode(uint32_t bits, uint32_t n, double* out) {
+    const Codebook& cb = llama_codebook(bits, 1);
+    cuda::ModelShape m;
+    m.n_kv_heads = cb.n_kv_heads;
+    m.n_q_heads = cb.n_q_heads;
+    m.head_dim = cb.head_dim;
+    m.key_stages = cb.key_stages;
+    m.sub_centers = cb.sub_centers;
+    m.code_bits = cb.code_bits();
+    m.value_code_bits = cb.value_code_bits();
+    m.value_hidden = cb.value_hidden;
+    m.n_key_scales = cb.n_key_scales();
+    m.pair_layout = cb.pair_layout;
+    auto upload = [](const std::vector<float>& h) {
+        float* d = nullptr;
+        cudaMalloc(&d, h.size() * 4);
+        cudaMemcpy(d, h.data(), h.size() * 4, cudaMemcpyHostToDevice);
+        return d;
+    };
+    std::vector<float*> owned;
+    auto up = [&](const std::vector<float>& h) { owned.push_back(upload(h)); return owned.back(); };
+    const LayerCodebook& lc = cb.layers[0];
+    cuda::KeyTables kt{up(lc.keys.sub_centers), up(cb.cross[0]), up(cb.norms[0])};
+    const ValueCodebook& vc = lc.values;
+    cuda::ValueTables vt{up(vc.lambda), up(vc.norm_weight), up(vc.norm_bias), up(vc.enc1_weight),
+                         up(vc.enc1_bias), up(vc.enc2_weight), up(vc.enc2_bias), up(vc.codebook)};
+    std::vector<double> freq = rope_frequencies(cb.rope, cb.head_dim);
+    double* dfreq = nullptr;
+    BENCH_CUDA(cudaMalloc(&dfreq, freq.size() * 8));
+    BENCH_CUDA(cudaMemcpy(dfreq, freq.data(), freq.size() * 8, cudaMemcpyHostToDevice));
+    const size_t D = cb.value_dim();
+    DeviceRows k(size_t(n) * D, 2.0, 5), v(size_t(n) * D, 1.0, 6);
+    float *t, *scales, *scratch, *weights;
+    uint16_t* codes;
+    uint8_t* vbits;
+    BENCH_CUDA(cudaMalloc(&t, size_t(n) * D * 4));
+    BENCH_CUDA(cudaMalloc(&scales, size_t(n) * 4 * cb.n_key_scales()));
+    BENCH_CUDA(cudaMalloc(&codes, size_t(n) * cb.n_kv_heads * cb.key_stages * 2));
+    BENCH_CUDA(cudaMalloc(&scratch, cuda::value_encoder_scratch_floats(m, n) * 4));
+    BENCH_CUDA(cudaMalloc(&weights, size_t(n) * 4));
+    BENCH_CUDA(cudaMalloc(&vbits, size_t(n) * cb.value_code_bits() / 8));
+    cublasHandle_t h;
+    cublasCreate(&h);
+    cuda::EncodeSource src;
+    src.slots.half_bytes = uint32_t(D * 2);
+    src.slots.io_dtype = COMMVQ_DTYPE_BF16;
+    src.input_k = k.ptr;
+    src.input_v = v.ptr;
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    auto time = [&](auto&& work) {
+        std::vector<double> ts;
+        for (int i = 0; i < 6; ++i) {
+            cudaEventRecord(a);
+            work();
+            cudaEventRecord(b);
+            cudaEventSynchronize(b);
+            float ms = 0;
+            cudaEventElapsedTime(&ms, a, b);
+            if (i > 0) ts.push_back(ms / 1000.0);
+        }
+        return n / median(ts);
+    };
+    out[0] = time([&] {
+        cuda::launch_prepare_keys(m, src, n, dfreq, t, scales, nullptr);
+        cuda::launch_encode_keys(m, kt, n, t, codes, nullptr);
+    });
+    const size_t n_bytes = size_t(n) * cb.value_code_bits() / 8;
+    std::vector<uint8_t> bits_fp32(n_bytes), bits_tf32(n_bytes);
+    out[1] = time([&] { cuda::launch_encode_values(m, vt, src, n, h, false, scratch, vbits, weights, nullptr); });
+    BENCH_CUDA(cudaMemcpy(bits_fp32.data(), vbits, n_bytes, cudaMemcpyDeviceToHost));
+    out[2] = time([&] { cuda::launch_encode_values(m, vt, src, n, h, true, scratch, vbits, weights, nullptr); });
+    BENCH_CUDA(cudaMemcpy(bits_tf32.data(), vbits, n_bytes, cudaMemcpyDeviceToHost));
+    size_t differ = 0;
+    for (size_t i = 0; i < n_bytes; ++i) differ += __builtin_popcount(unsigned(bits_fp32[i] ^ bits_tf32[i]));
+    out[4] = double(differ) / (8.0 * n_bytes);
+    BENCH_CUDA(cudaDeviceSynchronize());
+    cublasDestroy(h);
+    for (float* p : owned) cudaFree(p);
+    for (void* p : {(void*)t, (void*)scales, (void*)scratch, (void*)weights, (void*)codes, (void*)vbits, (void*)dfreq})
+        cudaFree(p);
+
+    // A whole append into a cache without a window: every token is encoded.
+    commvq_codebook_t handle{cb};
+    commvq_cache_t* c = nullptr;
+    commvq_cache_params_t p = params(1, n + 64);
+    p.window = 0;
+    BENCH_OK(commvq_cache_create(&handle, &p, &c));
+    std::vector<double> ts;
+    for (int i = 0; i < 4; ++i) {
+        commvq_cache_seq_clear(c, 0);
+        cudaDeviceSynchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        BENCH_OK(commvq_cache_append(c, 0, 0, n, k.ptr, v.ptr));
+        BENCH_OK(commvq_cache_synchronize(c));
+        if (i > 0) ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    out[3] = n / median(ts);
+    commvq_cache_destroy(c);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return 0;
+}
+
+// A prompt of `tokens` tokens appended to every layer of a `layers`-layer
+// 1-bit cache (bf16 io, window 128): wall seconds (host work included),
+// and the cache's device bytes: out[0] seconds, out[1] compressed blocks in
+// use, out[2] window bytes, out[3] everything taken at creation.
+__attribute__((visibility("default"))) int cvq_bench_prompt(uint64_t tokens, uint32_t layers, double* out) {
+    const Codebook& cb = llama_codebook(1, layers);
+    commvq_codebook_t handle{cb};
+    commvq_cache_t* c = nullptr;
+    const commvq_cache_params_t p = params(1, tokens);
+    BENCH_OK(commvq_cache_create(&handle, &p, &c));
+    std::unique_ptr<commvq_cache_t, void (*)(commvq_cache_t*)> guard(c, commvq_cache_destroy);
+    const size_t row = cb.value_dim();
+    DeviceRows k(std::min<uint64_t>(tokens, kChunk) * row, 2.0, 7), v(std::min<uint64_t>(tokens, kChunk) * row, 1.0, 8);
+    BENCH_CUDA(cudaDeviceSynchronize());
+    const auto t0 = std::chrono::steady_clock::now();
+    // Chunk by chunk, every layer in turn, as a chunked prefill runs.
+    for (uint64_t t = 0; t < tokens; t += kChunk)
+        for (uint32_t l = 0; l < layers; ++l)
+            BENCH_OK(commvq_cache_append(c, l, 0, uint32_t(std::min<uint64_t>(kChunk, tokens - t)), k.ptr, v.ptr));
+    BENCH_OK(commvq_cache_synchronize(c));
+    out[0] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    commvq_cache_stats_t st;
+    commvq_cache_stats_init(&st);
+    BENCH_OK(commvq_cache_get_stats(c, &st));
+    out[1] = double(st.bytes_compressed);
+    out[2] = double(st.bytes_window);
+    out[3] = double(st.bytes_reserved);
+    return 0;
+}
+
+}  // extern "C"

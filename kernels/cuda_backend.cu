@@ -1,0 +1,663 @@
+// The CUDA back end (backend.h): the block pool, the sinks and windows, the
+// block tables and the per-layer sequence state live in device memory taken
+// once at creation; append and attend only queue kernels and cuBLAS calls
+// on the cache's stream (no allocation, no host synchronization when the
+// caller's pointers are device memory), so a decode step can be captured in
+// a CUDA graph. The attention kernels read lengths and block tables from
+// device memory: a captured attention replayed later sees the tokens
+// appended since. Host pointers are accepted too; they are staged through
+// device buffers and such calls wait for their copies.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "dtype.h"
+#include "error.h"
+#include "launchers.h"
+#include "rope.h"
+
+namespace commvq {
+
+namespace {
+
+constexpr double kTwoPi = 6.283185307179586476925286766559;
+// Tokens encoded per batch of kernels and cuBLAS products.
+constexpr uint32_t kEncodeBatch = 1024;
+// cuBLAS workspace, set once so products never allocate (graph capture).
+constexpr size_t kCublasWorkspace = size_t(32) << 20;
+
+void check_cuda(int err, const char* what) {
+    if (err != 0) throw Error(COMMVQ_ERR_CUDA, std::string(what) + ": " + cuda::error_string(err));
+}
+
+// One plain device allocation, freed on destruction.
+class DeviceBuffer {
+public:
+    DeviceBuffer() = default;
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    ~DeviceBuffer() {
+        if (ptr_) cudaFree(ptr_);
+    }
+    void allocate(size_t bytes, const char* what) {
+        bytes_ = std::max<size_t>(bytes, 16);
+        const cudaError_t e = cudaMalloc(&ptr_, bytes_);
+        if (e != cudaSuccess) {
+            ptr_ = nullptr;
+            cudaGetLastError();
+            throw Error(e == cudaErrorMemoryAllocation ? COMMVQ_ERR_OUT_OF_MEMORY : COMMVQ_ERR_CUDA,
+                        std::string("commvq_cache_create: cannot take ") + std::to_string(bytes_) +
+                            " bytes of device memory for " + what + ": " + cudaGetErrorString(e));
+        }
+    }
+    template <class T = void>
+    T* get() const { return static_cast<T*>(ptr_); }
+    size_t bytes() const { return ptr_ ? bytes_ : 0; }
+
+private:
+    void* ptr_ = nullptr;
+    size_t bytes_ = 0;
+};
+
+// Makes the cache's device current for the duration of a call.
+class DeviceScope {
+public:
+    explicit DeviceScope(int device) {
+        cudaGetDevice(&previous_);
+        if (previous_ != device) check_cuda(cudaSetDevice(device), "cudaSetDevice");
+    }
+    ~DeviceScope() {
+        int now = previous_;
+        cudaGetDevice(&now);
+        if (now != previous_) cudaSetDevice(previous_);
+    }
+
+private:
+    int previous_ = 0;
+};
+
+// A pointer the kernels can read directly (device, managed or mapped host
+// memory), or null for plain host memory.
+const void* device_view(const void* p) {
+    cudaPointerAttributes a{};
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError();
+        return nullptr;
+    }
+    switch (a.type) {
+    case cudaMemoryTypeDevice:
+    case cudaMemoryTypeManaged: return p;
+    case cudaMemoryTypeHost: return a.devicePointer;
+    default: return nullptr;
+    }
+}
+
+class CudaBackend final : public Backend {
+public:
+    CudaBackend(const Codebook& cb, const BackendConfig& config, int32_t device);
+    ~CudaBackend() override;
+
+    void append(uint32_t layer, const LayerView& before, const LayerView& after, uint32_t n_tokens,
+                const void* k, const void* v) override;
+    void copy_block(uint32_t src, uint32_t dst) override;
+    void copy_uncompressed(uint32_t src, uint32_t dst) override;
+    void attend(const AttendCall& call) override;
+    void read_compressed(uint32_t layer, const LayerView& view, uint64_t first, uint64_t count,
+                         uint8_t* out) const override;
+    void write_compressed(uint32_t layer, const LayerView& view, uint64_t first, uint64_t count,
+                          const uint8_t* in) override;
+    void read_uncompressed(uint32_t layer, const LayerView& view, uint64_t position, uint64_t count,
+                           void* k, void* v) const override;
+    void write_uncompressed(uint32_t layer, const LayerView& view, uint64_t position, uint64_t count,
+                            const void* k, const void* v) override;
+    uint64_t bytes_reserved() const override;
+    uint64_t bytes_codebook() const override;
+    bool host_readable(const void* p) const override {
+        cudaPointerAttributes a{};
+        if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+            cudaGetLastError();
+            return true;
+        }
+        return a.type != cudaMemoryTypeDevice;
+    }
+    void set_stream(void* stream) override { stream_ = cudaStream_t(stream); }
+    void synchronize() override {
+        DeviceScope scope(device_);
+        check_cuda(cudaStreamSynchronize(stream_), "commvq_cache_synchronize");
+    }
+
+private:
+    cuda::PoolView pool_view(uint32_t layer) const;
+    cuda::UncompressedView slots_view(uint32_t layer) const;
+    cuda::KeyTables key_tables(uint32_t layer) const;
+    cuda::ValueTables value_tables(uint32_t layer) const;
+    // Brings the device block table and layer state up to the host's view.
+    void sync_view(uint32_t layer, const LayerView& view);
+    void sync_table(const LayerView& view, uint64_t compressed);
+    void encode(uint32_t layer, uint32_t seq, uint64_t first_position, uint32_t n, uint64_t from_input_position,
+                const void* k, const void* v);
+    void wait() const { check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+    uint8_t* block_ptr(uint32_t layer, uint32_t block) const {
+        return pool_.get<uint8_t>() + (size_t(layer) * config_.n_blocks + block) * config_.layout.block_bytes;
+    }
+    uint8_t* slot_ptr(uint32_t seq, uint32_t layer, uint64_t position) const;
+
+    const Codebook& cb_;
+    BackendConfig config_;
+    int device_;
+    int sm_count_ = 0;
+    bool tf32_ = false;
+    cudaStream_t stream_ = nullptr;
+    cublasHandle_t cublas_ = nullptr;
+    cuda::ModelShape shape_;
+    size_t half_bytes_ = 0;      // keys (or values) of one token, io dtype
+    size_t layer_slots_bytes_ = 0;
+    size_t seq_slots_bytes_ = 0;
+    uint32_t rows_per_launch_ = 0;
+    size_t partial_floats_ = 0;
+
+    // Device memory.
+    DeviceBuffer pool_, slots_, tables_, states_;
+    DeviceBuffer key_half_, key_centers_, key_cross_, key_norms_, rope_freq_, value_tables_;
+    DeviceBuffer enc_t_, enc_scales_, enc_codes_, enc_bits_, enc_weights_, enc_scratch_, stage_k_, stage_v_;
+    DeviceBuffer q_in_, q_prepared_, partials_, out_stage_, lse_stage_, cublas_workspace_;
+    std::vector<size_t> value_offsets_;  // per layer, 8 arrays each, in floats
+
+    // What the device holds, as last uploaded.
+    std::vector<std::vector<uint32_t>> table_shadow_;  // per sequence
+    std::vector<cuda::SeqState> state_shadow_;        // [n_layers][max_seqs]
+};
+
+CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_t device)
+    : cb_(cb), config_(config), device_(device) {
+    const int n_devices = cuda::device_count();
+    require(n_devices > 0, COMMVQ_ERR_NOT_SUPPORTED,
+            "commvq_cache_create: CUDA device " + std::to_string(device) +
+                " asked for, but this process runs without CUDA: no usable CUDA device is present");
+    require(device >= 0 && device < n_devices, COMMVQ_ERR_INVALID_ARGUMENT,
+            "commvq_cache_create: CUDA device " + std::to_string(device) + " asked for, but " +
+                std::to_string(n_devices) + " usable CUDA device(s) are present");
+    DeviceScope scope(device_);
+    check_cuda(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_), "cudaDeviceGetAttribute");
+    const char* tf32 = std::getenv("COMMVQ_CUDA_TF32");
+    tf32_ = tf32 && tf32[0] == '1';
+
+    shape_.n_kv_heads = cb.n_kv_heads;
+    shape_.n_q_heads = cb.n_q_heads;
+    shape_.head_dim = cb.head_dim;
+    shape_.key_stages = cb.key_stages;
+    shape_.sub_centers = cb.sub_centers;
+    shape_.code_bits = cb.code_bits();
+    shape_.value_code_bits = cb.value_code_bits();
+    shape_.value_hidden = cb.value_hidden;
+    shape_.n_key_scales = cb.n_key_scales();
+    shape_.pair_layout = cb.pair_layout;
+    require(cuda::attend_supported(shape_), COMMVQ_ERR_NOT_SUPPORTED,
+            "commvq_cache_create: the CUDA back end supports head_dim 64 or 128, 1, 2, 4 or 8 query heads per KV "
+            "head, 64 sub-centers and 256 to 2048 value code bits; this codebook has head_dim " +
+                std::to_string(cb.head_dim) + ", " + std::to_string(cb.n_q_heads) + " query and " +
+                std::to_string(cb.n_kv_heads) + " KV heads, " + std::to_string(cb.sub_centers) + " sub-centers, " +
+                std::to_string(cb.value_code_bits()) + " value code bits");
+
+    const uint32_t L = cb.n_layers, H = cb.n_kv_heads, R = cb.key_stages, C = cb.sub_centers, d = cb.head_dim;
+    const uint32_t D = cb.value_dim(), I = cb.value_hidden, n2 = cb.value_code_bits();
+    half_bytes_ = size_t(D) * dtype_size(config.io_dtype);
+    layer_slots_bytes_ = (size_t(config.sink_tokens) + config.window) * 2 * half_bytes_;
+    seq_slots_bytes_ = layer_slots_bytes_ * L;
+
+    pool_.allocate(size_t(L) * config.n_blocks * config.layout.block_bytes, "the block pool");
+    slots_.allocate(seq_slots_bytes_ * config.max_seqs, "the sinks and windows");
+    tables_.allocate(size_t(config.max_seqs) * config.n_blocks * 4, "the block tables");
+    states_.allocate(size_t(L) * config.max_seqs * sizeof(cuda::SeqState), "the sequence states");
+    check_cuda(cudaMemset(states_.get(), 0, states_.bytes()), "cudaMemset");
+    check_cuda(cudaMemset(tables_.get(), 0, tables_.bytes()), "cudaMemset");
+
+    // Codebook tables: fp32 for the encoders, half2 pairs for attention.
+    const size_t n_centers = size_t(L) * H * R * C * d;
+    key_centers_.allocate(n_centers * 4, "the key codebook");
+    key_half_.allocate(n_centers * 2, "the key codebook (half)");
+    key_cross_.allocate(size_t(L) * H * R * C * C * 4, "the key cross tables");
+    key_norms_.allocate(size_t(L) * H * R * C * 4, "the key norms");
+    for (uint32_t l = 0; l < L; ++l) {
+        const size_t per = size_t(H) * R * C * d;
+        check_cuda(cudaMemcpy(key_centers_.get<float>() + l * per, cb.layers[l].keys.sub_centers.data(), per * 4,
+                              cudaMemcpyHostToDevice), "cudaMemcpy");
+        check_cuda(cudaMemcpy(key_cross_.get<float>() + l * size_t(H) * R * C * C, cb.cross[l].data(),
+                              size_t(H) * R * C * C * 4, cudaMemcpyHostToDevice), "cudaMemcpy");
+        check_cuda(cudaMemcpy(key_norms_.get<float>() + l * size_t(H) * R * C, cb.norms[l].data(),
+                              size_t(H) * R * C * 4, cudaMemcpyHostToDevice), "cudaMemcpy");
+    }
+    check_cuda(cuda::launch_float_to_half(key_centers_.get<float>(), n_centers, key_half_.get(), nullptr),
+               "float_to_half");
+    std::vector<double> freq = rope_frequencies(cb.rope, d);
+    for (double& f : freq) f /= kTwoPi;
+    rope_freq_.allocate(freq.size() * 8, "the RoPE frequencies");
+    check_cuda(cudaMemcpy(rope_freq_.get(), freq.data(), freq.size() * 8, cudaMemcpyHostToDevice), "cudaMemcpy");
+
+    const size_t per_layer = size_t(D) * 3 + size_t(I) * D + I + size_t(2 * n2) * I + 2 * n2 + size_t(n2) * D;
+    value_tables_.allocate(per_layer * L * 4, "the value codebook");
+    for (uint32_t l = 0; l < L; ++l) {
+        const ValueCodebook& vc = cb.layers[l].values;
+        size_t at = per_layer * l;
+        for (const std::vector<float>* a : {&vc.lambda, &vc.norm_weight, &vc.norm_bias, &vc.enc1_weight,
+                                            &vc.enc1_bias, &vc.enc2_weight, &vc.enc2_bias, &vc.codebook}) {
+            value_offsets_.push_back(at);
+            check_cuda(cudaMemcpy(value_tables_.get<float>() + at, a->data(), a->size() * 4, cudaMemcpyHostToDevice),
+                       "cudaMemcpy");
+            at += a->size();
+        }
+    }
+
+    // Encoding scratch.
+    const uint32_t E = kEncodeBatch;
+    enc_t_.allocate(size_t(E) * D * 4, "key encoding");
+    enc_scales_.allocate(size_t(E) * shape_.n_key_scales * 4, "key scales");
+    enc_codes_.allocate(size_t(E) * H * R * 2, "key codes");
+    enc_bits_.allocate(size_t(E) * n2 / 8, "value codes");
+    enc_weights_.allocate(size_t(E) * 4, "value weights");
+    enc_scratch_.allocate(cuda::value_encoder_scratch_floats(shape_, E) * 4, "value encoding");
+    stage_k_.allocate(size_t(E) * half_bytes_, "staging host keys");
+    stage_v_.allocate(size_t(E) * half_bytes_, "staging host values");
+
+    // Attention scratch: split partials for a full decode batch, or for a
+    // single long sequence split over the whole GPU.
+    rows_per_launch_ = std::min<uint32_t>(cuda::kMaxRowsPerLaunch, std::max<uint32_t>(config.max_seqs, 16));
+    const uint32_t long_splits = std::max<uint32_t>(2, uint32_t(2 * sm_count_) / H);
+    partial_floats_ = std::max(cuda::attend_partial_floats(shape_, rows_per_launch_, 2),
+                               cuda::attend_partial_floats(shape_, 1, long_splits));
+    const size_t q_elems = size_t(rows_per_launch_) * cb.n_q_heads * d;
+    q_in_.allocate(q_elems * dtype_size(config.io_dtype), "staging host queries");
+    q_prepared_.allocate(q_elems * 4, "queries");
+    partials_.allocate(partial_floats_ * 4, "attention partial results");
+    out_stage_.allocate(q_elems * dtype_size(config.io_dtype), "staging outputs");
+    lse_stage_.allocate(size_t(rows_per_launch_) * cb.n_q_heads * 4, "staging lse");
+
+    cublas_workspace_.allocate(kCublasWorkspace, "the cuBLAS workspace");
+    if (cublasCreate(&cublas_) != CUBLAS_STATUS_SUCCESS)
+        throw Error(COMMVQ_ERR_CUDA, "commvq_cache_create: cublasCreate failed");
+    if (cublasSetWorkspace(cublas_, cublas_workspace_.get(), kCublasWorkspace) != CUBLAS_STATUS_SUCCESS)
+        throw Error(COMMVQ_ERR_CUDA, "commvq_cache_create: cublasSetWorkspace failed");
+    check_cuda(cudaDeviceSynchronize(), "commvq_cache_create");
+
+    table_shadow_.assign(config.max_seqs, std::vector<uint32_t>());
+    for (auto& t : table_shadow_) t.assign(config.n_blocks, 0);
+    state_shadow_.assign(size_t(L) * config.max_seqs, cuda::SeqState{0, 0, 0, 0});
+}
+
+CudaBackend::~CudaBackend() {
+    DeviceScope scope(device_);
+    cudaDeviceSynchronize();  // queued work may still use the buffers freed next
+    if (cublas_) cublasDestroy(cublas_);
+}
+
+cuda::PoolView CudaBackend::pool_view(uint32_t layer) const {
+    const BlockLayout& b = config_.layout;
+    cuda::PoolView p;
+    p.base = pool_.get<uint8_t>() + size_t(layer) * config_.n_blocks * b.block_bytes;
+    p.block_bytes = b.block_bytes;
+    p.block_tokens = b.block_tokens;
+    p.key_code_bytes = b.key_code_bytes;
+    p.value_code_bytes = b.value_code_bytes;
+    p.key_codes_offset = uint32_t(b.key_codes_offset);
+    p.value_codes_offset = uint32_t(b.value_codes_offset);
+    p.key_scales_offset = uint32_t(b.key_scales_offset);
+    p.value_weights_offset = uint32_t(b.value_weights_offset);
+    p.block_tables = tables_.get<int32_t>();
+    p.table_stride = config_.n_blocks;
+    return p;
+}
+
+cuda::UncompressedView CudaBackend::slots_view(uint32_t layer) const {
+    cuda::UncompressedView u;
+    u.base = slots_.get<uint8_t>() + size_t(layer) * layer_slots_bytes_;
+    u.seq_stride = seq_slots_bytes_;
+    u.sinks = config_.sink_tokens;
+    u.window = config_.window;
+    u.half_bytes = uint32_t(half_bytes_);
+    u.io_dtype = config_.io_dtype;
+    u.key_convention = config_.key_convention;
+    return u;
+}
+
+uint8_t* CudaBackend::slot_ptr(uint32_t seq, uint32_t layer, uint64_t position) const {
+    const uint64_t S = config_.sink_tokens;
+    const uint64_t s = position < S ? position : S + (position - S) % config_.window;
+    return slots_.get<uint8_t>() + seq * seq_slots_bytes_ + layer * layer_slots_bytes_ + s * 2 * half_bytes_;
+}
+
+cuda::KeyTables CudaBackend::key_tables(uint32_t layer) const {
+    const size_t H = cb_.n_kv_heads, R = cb_.key_stages, C = cb_.sub_centers;
+    cuda::KeyTables t;
+    t.sub_centers = key_centers_.get<float>() + layer * H * R * C * cb_.head_dim;
+    t.cross = key_cross_.get<float>() + layer * H * R * C * C;
+    t.norms = key_norms_.get<float>() + layer * H * R * C;
+    return t;
+}
+
+cuda::ValueTables CudaBackend::value_tables(uint32_t layer) const {
+    const float* base = value_tables_.get<float>();
+    const size_t* o = value_offsets_.data() + size_t(layer) * 8;
+    cuda::ValueTables t;
+    t.lambda = base + o[0];
+    t.norm_weight = base + o[1];
+    t.norm_bias = base + o[2];
+    t.enc1_weight = base + o[3];
+    t.enc1_bias = base + o[4];
+    t.enc2_weight = base + o[5];
+    t.enc2_bias = base + o[6];
+    t.codebook = base + o[7];
+    return t;
+}
+
+void CudaBackend::sync_table(const LayerView& view, uint64_t compressed) {
+    std::vector<uint32_t>& shadow = table_shadow_[view.seq];
+    const uint64_t n = (compressed + config_.layout.block_tokens - 1) / config_.layout.block_tokens;
+    int32_t* row = tables_.get<int32_t>() + size_t(view.seq) * config_.n_blocks;
+    for (uint64_t i = 0; i < n;) {
+        if (shadow[i] == view.blocks[i]) {
+            ++i;
+            continue;
+        }
+        uint64_t j = i;
+        while (j < n && shadow[j] != view.blocks[j]) shadow[j] = view.blocks[j], ++j;
+        check_cuda(cuda::launch_set_table_entries(row, uint32_t(i), uint32_t(j - i), view.blocks + i, stream_),
+                   "block table update");
+        i = j;
+    }
+}
+
+void CudaBackend::sync_view(uint32_t layer, const LayerView& view) {
+    sync_table(view, view.compressed);
+    const cuda::SeqState s{uint32_t(view.length), uint32_t(view.sinks), uint32_t(view.compressed),
+                           uint32_t(view.window)};
+    cuda::SeqState& shadow = state_shadow_[size_t(layer) * config_.max_seqs + view.seq];
+    if (std::memcmp(&s, &shadow, sizeof s) != 0) {
+        check_cuda(cuda::launch_set_state(states_.get<cuda::SeqState>() + size_t(layer) * config_.max_seqs + view.seq,
+                                          s, stream_),
+                   "sequence state update");
+        shadow = s;
+    }
+}
+
+// Encodes the tokens at positions [first_position, + n) into the pool,
+// reading positions below from_input_position from their window slots and
+// later ones from the device rows k, v.
+void CudaBackend::encode(uint32_t layer, uint32_t seq, uint64_t first_position, uint32_t n,
+                         uint64_t from_input_position, const void* k, const void* v) {
+    const uint64_t S = config_.sink_tokens;
+    for (uint32_t done = 0; done < n;) {
+        const uint32_t m = std::min(n - done, kEncodeBatch);
+        cuda::EncodeSource src;
+        src.slots = slots_view(layer);
+        src.seq = seq;
+        src.first_position = first_position + done;
+        src.from_input_position = from_input_position;
+        src.input_k = k;
+        src.input_v = v;
+        check_cuda(cuda::launch_prepare_keys(shape_, src, m, rope_freq_.get<double>(), enc_t_.get<float>(),
+                                             enc_scales_.get<float>(), stream_),
+                   "key preparation");
+        check_cuda(cuda::launch_encode_keys(shape_, key_tables(layer), m, enc_t_.get<float>(),
+                                            enc_codes_.get<uint16_t>(), stream_),
+                   "key encoding");
+        check_cuda(cuda::launch_encode_values(shape_, value_tables(layer), src, m, cublas_, tf32_,
+                                              enc_scratch_.get<float>(), enc_bits_.get<uint8_t>(),
+                                              enc_weights_.get<float>(), stream_),
+                   "value encoding");
+        check_cuda(cuda::launch_store_compressed(shape_, pool_view(layer), seq, src.first_position - S, m,
+                                                 enc_codes_.get<uint16_t>(), enc_scales_.get<float>(),
+                                                 enc_bits_.get<uint8_t>(), enc_weights_.get<float>(), stream_),
+                   "storing codes");
+        done += m;
+    }
+}
+
+void CudaBackend::append(uint32_t layer, const LayerView& before, const LayerView& after, uint32_t n_tokens,
+                         const void* k, const void* v) {
+    DeviceScope scope(device_);
+    check_cuda(cublasSetStream(cublas_, stream_) == CUBLAS_STATUS_SUCCESS ? 0 : int(cudaErrorUnknown),
+               "cublasSetStream");
+    const uint32_t seq = after.seq;
+    sync_table(after, after.compressed);
+    const uint64_t S = config_.sink_tokens, kept = S + config_.window;
+    const void* k_dev = device_view(k);
+    const void* v_dev = device_view(v);
+    const bool staged = !k_dev || !v_dev;
+    // Host rows travel in batches of kEncodeBatch tokens, each one append
+    // step of its own; device rows go in one step.
+    const uint32_t step = staged ? kEncodeBatch : std::max<uint32_t>(n_tokens, 1);
+    uint64_t length = before.length, compressed = before.compressed;
+    for (uint32_t i0 = 0; i0 < n_tokens; i0 += step) {
+        const uint32_t n = std::min(step, n_tokens - i0);
+        const void *kr, *vr;
+        if (staged) {
+            check_cuda(cudaMemcpyAsync(stage_k_.get(), static_cast<const uint8_t*>(k) + i0 * half_bytes_,
+                                       n * half_bytes_, cudaMemcpyHostToDevice, stream_), "copying keys");
+            check_cuda(cudaMemcpyAsync(stage_v_.get(), static_cast<const uint8_t*>(v) + i0 * half_bytes_,
+                                       n * half_bytes_, cudaMemcpyHostToDevice, stream_), "copying values");
+            kr = stage_k_.get();
+            vr = stage_v_.get();
+        } else {
+            kr = static_cast<const uint8_t*>(k_dev) + i0 * half_bytes_;
+            vr = static_cast<const uint8_t*>(v_dev) + i0 * half_bytes_;
+        }
+        const uint64_t new_length = length + n;
+        const uint64_t new_compressed = new_length > kept ? std::max(compressed, new_length - kept) : compressed;
+        // Tokens leaving the window are encoded while the window still holds them.
+        encode(layer, seq, S + compressed, uint32_t(new_compressed - compressed), length, kr, vr);
+        check_cuda(cuda::launch_store_uncompressed(slots_view(layer), seq, length, n, S, S + new_compressed, kr, vr,
+                                                   stream_),
+                   "storing uncompressed tokens");
+        if (staged) wait();  // the staging buffers are reused by the next batch
+        length = new_length;
+        compressed = new_compressed;
+    }
+    sync_view(layer, after);
+}
+
+void CudaBackend::copy_block(uint32_t src, uint32_t dst) {
+    DeviceScope scope(device_);
+    const size_t pitch = size_t(config_.n_blocks) * config_.layout.block_bytes;
+    check_cuda(cudaMemcpy2DAsync(block_ptr(0, dst), pitch, block_ptr(0, src), pitch, config_.layout.block_bytes,
+                                 cb_.n_layers, cudaMemcpyDeviceToDevice, stream_),
+               "copying a block");
+}
+
+void CudaBackend::copy_uncompressed(uint32_t src, uint32_t dst) {
+    DeviceScope scope(device_);
+    if (seq_slots_bytes_ == 0) return;
+    check_cuda(cudaMemcpyAsync(slots_.get<uint8_t>() + dst * seq_slots_bytes_,
+                               slots_.get<uint8_t>() + src * seq_slots_bytes_, seq_slots_bytes_,
+                               cudaMemcpyDeviceToDevice, stream_),
+               "copying a window");
+}
+
+void CudaBackend::attend(const AttendCall& call) {
+    DeviceScope scope(device_);
+    for (uint32_t r = 0; r < call.n_rows; ++r)
+        if (r == 0 || !call.one_sequence) sync_view(call.layer, *call.rows[r].view);
+
+    const size_t io = dtype_size(config_.io_dtype);
+    const size_t row_elems = size_t(cb_.n_q_heads) * cb_.head_dim;
+    const void* q_dev = device_view(call.q);
+    void* out_dev = const_cast<void*>(device_view(call.out));
+    float* lse_dev = call.lse ? static_cast<float*>(const_cast<void*>(device_view(call.lse))) : nullptr;
+    const bool host_io = !q_dev || !out_dev || (call.lse && !lse_dev);
+
+    const float scale = config_.attn_scale;
+    for (uint32_t r0 = 0; r0 < call.n_rows;) {
+        // As many rows as fit the partial results with at least one split.
+        uint32_t n = std::min(call.n_rows - r0, rows_per_launch_);
+        while (n > 1 && cuda::attend_partial_floats(shape_, n, 1) > partial_floats_) --n;
+        uint64_t longest = 0;
+        cuda::AttendParams p;
+        p.m = shape_;
+        p.pool = pool_view(call.layer);
+        p.slots = slots_view(call.layer);
+        p.states = states_.get<cuda::SeqState>() + size_t(call.layer) * config_.max_seqs;
+        p.key_table = key_half_.get<uint16_t>() + size_t(call.layer) * cb_.n_kv_heads * cb_.key_stages *
+                                                   cb_.sub_centers * cb_.head_dim;
+        const cuda::ValueTables vt = value_tables(call.layer);
+        p.value_codebook = vt.codebook;
+        p.value_lambda = vt.lambda;
+        p.rope_freq = rope_freq_.get<double>();
+        p.n_rows = n;
+        for (uint32_t i = 0; i < n; ++i) {
+            const AttendRow& row = call.rows[r0 + i];
+            p.seq[i] = row.view->seq;
+            p.hidden[i] = uint32_t(row.view->length - row.visible);
+            const uint64_t c = row.visible > row.view->sinks
+                                   ? std::min<uint64_t>(row.view->compressed, row.visible - row.view->sinks)
+                                   : 0;
+            longest = std::max(longest, c);
+        }
+        uint32_t splits = cuda::attend_splits(shape_, n, longest, sm_count_);
+        while (splits > 1 && cuda::attend_partial_floats(shape_, n, splits) > partial_floats_) --splits;
+        p.n_splits = splits;
+        p.partials = partials_.get<float>();
+
+        const void* q_rows;
+        if (q_dev) {
+            q_rows = static_cast<const uint8_t*>(q_dev) + r0 * row_elems * io;
+        } else {
+            check_cuda(cudaMemcpyAsync(q_in_.get(), static_cast<const uint8_t*>(call.q) + r0 * row_elems * io,
+                                       n * row_elems * io, cudaMemcpyHostToDevice, stream_),
+                       "copying queries");
+            q_rows = q_in_.get();
+        }
+        check_cuda(cuda::launch_prepare_queries(shape_, q_rows, config_.io_dtype, n, scale, q_prepared_.get<float>(),
+                                                stream_),
+                   "query preparation");
+        p.q = q_prepared_.get<float>();
+        p.out = out_dev ? static_cast<uint8_t*>(out_dev) + r0 * row_elems * io : out_stage_.get();
+        p.out_dtype = config_.io_dtype;
+        p.lse = call.lse ? (lse_dev ? lse_dev + size_t(r0) * cb_.n_q_heads : lse_stage_.get<float>()) : nullptr;
+        check_cuda(cuda::launch_attend(p, stream_), "attention");
+        if (!out_dev)
+            check_cuda(cudaMemcpyAsync(static_cast<uint8_t*>(call.out) + r0 * row_elems * io, out_stage_.get(),
+                                       n * row_elems * io, cudaMemcpyDeviceToHost, stream_),
+                       "copying outputs");
+        if (call.lse && !lse_dev)
+            check_cuda(cudaMemcpyAsync(call.lse + size_t(r0) * cb_.n_q_heads, lse_stage_.get(),
+                                       size_t(n) * cb_.n_q_heads * 4, cudaMemcpyDeviceToHost, stream_),
+                       "copying lse");
+        if (host_io) wait();  // host memory is read or written, and staging is reused
+        r0 += n;
+    }
+}
+
+void CudaBackend::read_compressed(uint32_t layer, const LayerView& view, uint64_t first, uint64_t count,
+                                  uint8_t* out) const {
+    DeviceScope scope(device_);
+    wait();
+    const BlockLayout& b = config_.layout;
+    std::vector<uint8_t> block(b.block_bytes);
+    int64_t loaded = -1;
+    for (uint64_t i = first; i < first + count; ++i) {
+        const uint32_t id = view.blocks[i / b.block_tokens];
+        if (int64_t(id) != loaded) {
+            check_cuda(cudaMemcpy(block.data(), block_ptr(layer, id), b.block_bytes, cudaMemcpyDeviceToHost),
+                       "reading a block");
+            loaded = id;
+        }
+        const uint32_t s = uint32_t(i % b.block_tokens);
+        std::memcpy(out, block.data() + b.key_codes_offset + size_t(s) * b.key_code_bytes, b.key_code_bytes);
+        out += b.key_code_bytes;
+        std::memcpy(out, block.data() + b.value_codes_offset + size_t(s) * b.value_code_bytes, b.value_code_bytes);
+        out += b.value_code_bytes;
+        std::memcpy(out, block.data() + b.key_scales_offset + size_t(s) * b.n_key_scales * 4, 4 * size_t(b.n_key_scales));
+        out += 4 * size_t(b.n_key_scales);
+        std::memcpy(out, block.data() + b.value_weights_offset + size_t(s) * 4, 4);
+        out += 4;
+    }
+}
+
+void CudaBackend::write_compressed(uint32_t layer, const LayerView& view, uint64_t first, uint64_t count,
+                                   const uint8_t* in) {
+    DeviceScope scope(device_);
+    wait();
+    const BlockLayout& b = config_.layout;
+    std::vector<uint8_t> block(b.block_bytes);
+    for (uint64_t i = first; i < first + count;) {
+        const uint32_t id = view.blocks[i / b.block_tokens];
+        check_cuda(cudaMemcpy(block.data(), block_ptr(layer, id), b.block_bytes, cudaMemcpyDeviceToHost),
+                   "reading a block");
+        const uint64_t end = std::min(first + count, (i / b.block_tokens + 1) * b.block_tokens);
+        for (; i < end; ++i) {
+            const uint32_t s = uint32_t(i % b.block_tokens);
+            std::memcpy(block.data() + b.key_codes_offset + size_t(s) * b.key_code_bytes, in, b.key_code_bytes);
+            in += b.key_code_bytes;
+            std::memcpy(block.data() + b.value_codes_offset + size_t(s) * b.value_code_bytes, in, b.value_code_bytes);
+            in += b.value_code_bytes;
+            std::memcpy(block.data() + b.key_scales_offset + size_t(s) * b.n_key_scales * 4, in, 4 * size_t(b.n_key_scales));
+            in += 4 * size_t(b.n_key_scales);
+            std::memcpy(block.data() + b.value_weights_offset + size_t(s) * 4, in, 4);
+            in += 4;
+        }
+        check_cuda(cudaMemcpy(block_ptr(layer, id), block.data(), b.block_bytes, cudaMemcpyHostToDevice),
+                   "writing a block");
+    }
+    // The cache may hand these blocks to attention next: the device table must know them.
+    const_cast<CudaBackend*>(this)->sync_table(view, first + count);
+    wait();
+}
+
+void CudaBackend::read_uncompressed(uint32_t layer, const LayerView& view, uint64_t position, uint64_t count,
+                                    void* k, void* v) const {
+    DeviceScope scope(device_);
+    wait();
+    for (uint64_t t = 0; t < count; ++t) {
+        const uint8_t* slot = slot_ptr(view.seq, layer, position + t);
+        check_cuda(cudaMemcpy(static_cast<uint8_t*>(k) + t * half_bytes_, slot, half_bytes_, cudaMemcpyDeviceToHost),
+                   "reading a window");
+        check_cuda(cudaMemcpy(static_cast<uint8_t*>(v) + t * half_bytes_, slot + half_bytes_, half_bytes_,
+                              cudaMemcpyDeviceToHost),
+                   "reading a window");
+    }
+}
+
+void CudaBackend::write_uncompressed(uint32_t layer, const LayerView& view, uint64_t position, uint64_t count,
+                                     const void* k, const void* v) {
+    DeviceScope scope(device_);
+    wait();
+    for (uint64_t t = 0; t < count; ++t) {
+        uint8_t* slot = slot_ptr(view.seq, layer, position + t);
+        check_cuda(cudaMemcpy(slot, static_cast<const uint8_t*>(k) + t * half_bytes_, half_bytes_,
+                              cudaMemcpyHostToDevice),
+                   "writing a window");
+        check_cuda(cudaMemcpy(slot + half_bytes_, static_cast<const uint8_t*>(v) + t * half_bytes_, half_bytes_,
+                              cudaMemcpyHostToDevice),
+                   "writing a window");
+    }
+}
+
+uint64_t CudaBackend::bytes_codebook() const {
+    return key_half_.bytes() + key_centers_.bytes() + key_cross_.bytes() + key_norms_.bytes() + rope_freq_.bytes() +
+           value_tables_.bytes();
+}
+
+uint64_t CudaBackend::bytes_reserved() const {
+    uint64_t n = bytes_codebook();
+    for (const DeviceBuffer* b : {&pool_, &slots_, &tables_, &states_, &enc_t_, &enc_scales_, &enc_codes_,
+                                  &enc_bits_, &enc_weights_, &enc_scratch_, &stage_k_, &stage_v_, &q_in_,
+                                  &q_prepared_, &partials_, &out_stage_, &lse_stage_, &cublas_workspace_})
+        n += b->bytes();
+    return n;
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(const Codebook& cb, const BackendConfig& config, int32_t device) {
+    return std::make_unique<CudaBackend>(cb, config, device);
+}
+
+int32_t cuda_device_count() { return cuda::device_count(); }
+
+}  // namespace commvq

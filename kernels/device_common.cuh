@@ -1,0 +1,76 @@
+// Device helpers shared by the kernels: element types of the C API, the
+// pair layouts, RoPE angles computed in registers.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "commvq/commvq.h"
+#include "launchers.h"
+
+namespace commvq {
+namespace cuda {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <class T>
+__host__ __device__ __forceinline__ T tmin(T a, T b) { return a < b ? a : b; }
+
+__device__ __forceinline__ float load_element(const void* base, size_t i, int32_t dtype) {
+    switch (dtype) {
+    case COMMVQ_DTYPE_F16: return __half2float(static_cast<const __half*>(base)[i]);
+    case COMMVQ_DTYPE_BF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
+    default: return static_cast<const float*>(base)[i];
+    }
+}
+
+__device__ __forceinline__ void store_element(void* base, size_t i, int32_t dtype, float x) {
+    switch (dtype) {
+    case COMMVQ_DTYPE_F16: static_cast<__half*>(base)[i] = __float2half_rn(x); break;
+    case COMMVQ_DTYPE_BF16: static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16_rn(x); break;
+    default: static_cast<float*>(base)[i] = x; break;
+    }
+}
+
+// Index in the model's layout of the real (part 0) or imaginary (part 1)
+// element of pair j.
+__device__ __forceinline__ uint32_t model_index(uint32_t j, uint32_t part, uint32_t head_dim, int32_t layout) {
+    return layout == COMMVQ_PAIRS_INTERLEAVED ? 2 * j + part : j + part * (head_dim / 2);
+}
+
+// cos and sin of 2 pi * position * freq, freq = w_j / (2 pi). The product is
+// reduced modulo one turn in double precision, so the angle stays accurate
+// at any position; only the final sine and cosine are single precision.
+__device__ __forceinline__ void rope_angle(uint64_t position, double freq, float* c, float* s) {
+    double turns = double(position) * freq;
+    turns -= rint(turns);  // [-0.5, 0.5]
+    sincospif(float(2.0 * turns), s, c);
+}
+
+// The uncompressed slot of a position (launchers.h UncompressedView).
+__device__ __forceinline__ uint8_t* slot_address(const UncompressedView& u, uint32_t seq, uint64_t position) {
+    const uint64_t s = position < u.sinks ? position : u.sinks + (position - u.sinks) % u.window;
+    return u.base + seq * u.seq_stride + s * 2 * u.half_bytes;
+}
+
+__device__ __forceinline__ const uint8_t* block_address(const PoolView& p, uint32_t seq, uint64_t index) {
+    const int32_t block = p.block_tables[size_t(seq) * p.table_stride + index / p.block_tokens];
+    return p.base + size_t(block) * p.block_bytes;
+}
+
+// The io-dtype row of one token's keys (k) or values (v) to encode.
+__device__ __forceinline__ const void* source_row(const EncodeSource& src, uint64_t position, bool values) {
+    if (position < src.from_input_position) {
+        const uint8_t* slot = slot_address(src.slots, src.seq, position);
+        return values ? slot + src.slots.half_bytes : slot;
+    }
+    const uint8_t* input = static_cast<const uint8_t*>(values ? src.input_v : src.input_k);
+    return input + (position - src.from_input_position) * src.slots.half_bytes;
+}
+
+}  // namespace cuda
+}  // namespace commvq

@@ -1,0 +1,183 @@
+// Host launchers of the CUDA kernels. Plain C++ types only, so the C++ core
+// can call them without CUDA headers: a stream is a cudaStream_t passed as
+// void*, every launcher returns a cudaError_t as int (0 = cudaSuccess) and
+// queues work without synchronizing. Every pointer here is device memory.
+//
+// Runtime sizes (head_dim, query group, value bits per thread) are mapped to
+// template parameters in one dispatch place per kernel family (*.cu).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace commvq {
+namespace cuda {
+
+// ---- shapes and tables shared by several kernels -----------------------
+
+// The model shape as the kernels see it.
+struct ModelShape {
+    uint32_t n_kv_heads = 0;
+    uint32_t n_q_heads = 0;
+    uint32_t head_dim = 0;
+    uint32_t key_stages = 0;       // R
+    uint32_t sub_centers = 0;      // C (64 on the GPU)
+    uint32_t code_bits = 0;        // bits of one stage code
+    uint32_t value_code_bits = 0;  // 2n
+    uint32_t value_hidden = 0;     // I
+    uint32_t n_key_scales = 0;     // 1 (token) or n_kv_heads (head)
+    int32_t pair_layout = 0;       // COMMVQ_PAIRS_*
+};
+
+// One layer of the block pool (block_layout.h), with the device block tables.
+struct PoolView {
+    uint8_t* base = nullptr;  // this layer: [n_blocks][block_bytes]
+    uint64_t block_bytes = 0;
+    uint32_t block_tokens = 0;
+    uint32_t key_code_bytes = 0;
+    uint32_t value_code_bytes = 0;
+    uint32_t key_codes_offset = 0;
+    uint32_t value_codes_offset = 0;
+    uint32_t key_scales_offset = 0;
+    uint32_t value_weights_offset = 0;
+    const int32_t* block_tables = nullptr;  // [max_seqs][table_stride]
+    uint32_t table_stride = 0;
+};
+
+// The uncompressed tokens (sinks and window) of one layer, stored as the
+// host appended them (io dtype, model pair layout, host key convention):
+// per sequence and layer, S + W slots of [2][n_kv_heads][head_dim] (keys,
+// then values). Sink position p < S is slot p; window position p >= S is
+// slot S + (p - S) % W.
+struct UncompressedView {
+    uint8_t* base = nullptr;     // slot 0 of sequence 0 of this layer
+    uint64_t seq_stride = 0;     // bytes from one sequence to the next
+    uint32_t sinks = 0;          // S
+    uint32_t window = 0;         // W
+    uint32_t half_bytes = 0;     // bytes of the keys (or values) of one token
+    int32_t io_dtype = 0;
+    int32_t key_convention = 0;  // COMMVQ_KEYS_*
+};
+
+// Device mirror of a layer's sequence state (sequence.h LayerView), read by
+// the attention kernels so a captured graph sees the current lengths.
+struct SeqState {
+    uint32_t length;
+    uint32_t sinks;
+    uint32_t compressed;
+    uint32_t window;
+};
+
+// ---- state uploads (graph-capturable: values travel as kernel arguments) ---
+
+constexpr uint32_t kMaxTableEntriesPerLaunch = 512;
+int launch_set_table_entries(int32_t* table_row, uint32_t first, uint32_t count, const uint32_t* ids,
+                             void* stream);
+int launch_set_state(SeqState* state, SeqState value, void* stream);
+
+// ---- encoding --------------------------------------------------------------
+
+// Where the tokens to encode come from: position p < from_input_position
+// is read from the uncompressed slots of `seq`, later positions from the
+// input rows (row p - from_input_position), both in io dtype.
+struct EncodeSource {
+    UncompressedView slots;
+    uint32_t seq = 0;
+    uint64_t first_position = 0;       // of the first token to encode
+    uint64_t from_input_position = 0;  // positions from here on are input rows
+    const void* input_k = nullptr;     // [rows][n_kv_heads][head_dim]
+    const void* input_v = nullptr;
+};
+
+// Keys of n tokens -> normalized pre-RoPE keys t [n][n_kv_heads][head_dim]
+// (canonical pair layout) and scales [n][n_key_scales]. rope_freq: w_j /
+// (2 pi) per pair, double, on the device.
+int launch_prepare_keys(const ModelShape& m, const EncodeSource& src, uint32_t n, const double* rope_freq,
+                        float* t, float* scales, void* stream);
+// Greedy residual search over the key codebook of one layer:
+// codes [n][n_kv_heads][key_stages].
+struct KeyTables {
+    const float* sub_centers = nullptr;  // [n_kv_heads][R][C][head_dim], canonical
+    const float* cross = nullptr;        // [n_kv_heads][R][C][C]
+    const float* norms = nullptr;        // [n_kv_heads][R][C]
+};
+int launch_encode_keys(const ModelShape& m, const KeyTables& tables, uint32_t n, float* t, uint16_t* codes,
+                       void* stream);
+
+// The value encoder's tables of one layer (codebook.h ValueCodebook).
+struct ValueTables {
+    const float* lambda = nullptr;
+    const float* norm_weight = nullptr;
+    const float* norm_bias = nullptr;
+    const float* enc1_weight = nullptr;  // [I][D]
+    const float* enc1_bias = nullptr;
+    const float* enc2_weight = nullptr;  // [4n][I]
+    const float* enc2_bias = nullptr;
+    const float* codebook = nullptr;     // E [2n][D]
+};
+// Scratch of the value encoder for n tokens, in floats.
+size_t value_encoder_scratch_floats(const ModelShape& m, uint32_t n);
+// Values of n tokens -> code bits [n][2n/8] and weights [n]. cublas is a
+// cublasHandle_t already bound to the stream; tf32 allows tensor-core
+// products (faster, more near-tie code differences from the CPU).
+int launch_encode_values(const ModelShape& m, const ValueTables& tables, const EncodeSource& src, uint32_t n,
+                         void* cublas, bool tf32, float* scratch, uint8_t* bits, float* weights, void* stream);
+
+// Writes n encoded tokens into the pool: compressed indices first .. first+n-1
+// of sequence seq (block table row seq).
+int launch_store_compressed(const ModelShape& m, const PoolView& pool, uint32_t seq, uint64_t first, uint32_t n,
+                            const uint16_t* codes, const float* scales, const uint8_t* bits,
+                            const float* weights, void* stream);
+// Copies the uncompressed ones among n new tokens (positions first_position
+// + i) into their slots: sink positions below `sinks`, window positions from
+// `first_window` on; the others are skipped.
+int launch_store_uncompressed(const UncompressedView& slots, uint32_t seq, uint64_t first_position, uint32_t n,
+                              uint64_t sinks, uint64_t first_window, const void* k, const void* v,
+                              void* stream);
+
+// ---- attention -------------------------------------------------------------
+
+// Queries [rows][n_q_heads][head_dim] (io dtype, model layout) -> float32,
+// canonical pair layout, multiplied by scale * log2(e).
+int launch_prepare_queries(const ModelShape& m, const void* q, int32_t io_dtype, uint32_t rows, float scale,
+                           float* out, void* stream);
+
+constexpr uint32_t kMaxRowsPerLaunch = 128;
+
+struct AttendParams {
+    ModelShape m;
+    PoolView pool;
+    UncompressedView slots;
+    const SeqState* states = nullptr;  // this layer, [max_seqs]
+    const void* key_table = nullptr;   // half [n_kv_heads][R][C][head_dim], canonical
+    const float* value_codebook = nullptr;  // E [2n][D]
+    const float* value_lambda = nullptr;    // [D]
+    const double* rope_freq = nullptr;      // [head_dim / 2], w_j / (2 pi)
+    const float* q = nullptr;               // prepared: [n_rows][n_q_heads][head_dim]
+    uint32_t n_rows = 0;
+    uint32_t seq[kMaxRowsPerLaunch];
+    // Row r sees positions [0, length - hidden[r]) of its sequence.
+    uint32_t hidden[kMaxRowsPerLaunch];
+    uint32_t n_splits = 0;  // compressed-token splits per row
+    float* partials = nullptr;  // attend_partial_floats(m, n_rows, n_splits)
+    void* out = nullptr;        // [n_rows][n_q_heads][head_dim], io dtype
+    int32_t out_dtype = 0;
+    float* lse = nullptr;       // [n_rows][n_q_heads] or null
+};
+size_t attend_partial_floats(const ModelShape& m, uint32_t n_rows, uint32_t n_splits);
+// Whether the attention kernels support this shape (head_dim, group, bits).
+bool attend_supported(const ModelShape& m);
+// Splits for rows whose longest visible compressed range is max_compressed:
+// enough blocks to fill the GPU, each with a worthwhile share of tokens.
+uint32_t attend_splits(const ModelShape& m, uint32_t n_rows, uint64_t max_compressed, int sm_count);
+int launch_attend(const AttendParams& p, void* stream);
+
+// ---- devices ----------------------------------------------------------------
+
+int device_count();
+// Converts float32 values to half (for the attention key table).
+int launch_float_to_half(const float* in, size_t n, void* out, void* stream);
+const char* error_string(int error);
+
+}  // namespace cuda
+}  // namespace commvq
