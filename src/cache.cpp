@@ -1,0 +1,471 @@
+#include "cache.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <thread>
+
+#include "code_packing.h"
+#include "dtype.h"
+#include "error.h"
+#include "seq_file.h"
+
+namespace commvq {
+namespace {
+
+// Refuses caches whose tables could not be indexed or whose sizes are
+// clearly not meant (a negative number passed through an unsigned field).
+constexpr uint32_t kMaxBlockTokens = 1u << 16;
+constexpr uint32_t kMaxThreads = 1024;
+
+const char* dtype_name(int32_t dtype) {
+    switch (dtype) {
+    case COMMVQ_DTYPE_F32: return "f32";
+    case COMMVQ_DTYPE_F16: return "f16";
+    case COMMVQ_DTYPE_BF16: return "bf16";
+    default: return "unknown";
+    }
+}
+
+std::string str(uint64_t x) { return std::to_string(x); }
+
+// Index of the first element that is not finite, or n. Non-finite keys or
+// values would poison the codes (and every later attention), so append
+// refuses them.
+size_t first_non_finite(const void* data, int32_t dtype, size_t n) {
+    if (dtype == COMMVQ_DTYPE_F32) {
+        const float* f = static_cast<const float*>(data);
+        for (size_t i = 0; i < n; ++i)
+            if (!std::isfinite(f[i])) return i;
+        return n;
+    }
+    // f16 and bf16: the exponent field all ones means Inf or NaN.
+    const uint16_t exponent = dtype == COMMVQ_DTYPE_F16 ? 0x7C00 : 0x7F80;
+    const uint16_t* h = static_cast<const uint16_t*>(data);
+    for (size_t i = 0; i < n; ++i)
+        if ((h[i] & exponent) == exponent) return i;
+    return n;
+}
+
+// The parameters checked, with n_threads and attn_scale resolved.
+commvq_cache_params_t resolve_params(const Codebook& cb, commvq_cache_params_t p) {
+    const char* fn = "commvq_cache_create: ";
+    require(p.device >= COMMVQ_DEVICE_CPU, COMMVQ_ERR_INVALID_ARGUMENT,
+            std::string(fn) + "device " + std::to_string(p.device) + " is neither COMMVQ_DEVICE_CPU (-1) nor a CUDA ordinal");
+    require(p.max_seqs >= 1, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + "max_seqs must be at least 1");
+    require(p.block_tokens >= 1 && p.block_tokens <= kMaxBlockTokens, COMMVQ_ERR_INVALID_ARGUMENT,
+            std::string(fn) + "block_tokens " + str(p.block_tokens) + " is outside 1.." + str(kMaxBlockTokens));
+    require(blocks_for(p.max_tokens, p.block_tokens) <= std::numeric_limits<uint32_t>::max(),
+            COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + "max_tokens " + str(p.max_tokens) + " needs more than 2^32 blocks");
+    require(dtype_valid(p.io_dtype), COMMVQ_ERR_INVALID_ARGUMENT,
+            std::string(fn) + "io_dtype " + std::to_string(p.io_dtype) + " is not a COMMVQ_DTYPE_*");
+    require(p.key_convention == COMMVQ_KEYS_PRE_ROPE || p.key_convention == COMMVQ_KEYS_POST_ROPE,
+            COMMVQ_ERR_INVALID_ARGUMENT,
+            std::string(fn) + "key_convention " + std::to_string(p.key_convention) + " is not a COMMVQ_KEYS_*");
+    require(std::isfinite(p.attn_scale) && p.attn_scale >= 0, COMMVQ_ERR_INVALID_ARGUMENT,
+            std::string(fn) + "attn_scale must be finite and >= 0 (0 = 1/sqrt(head_dim))");
+    require(p.n_threads <= kMaxThreads, COMMVQ_ERR_INVALID_ARGUMENT,
+            std::string(fn) + "n_threads " + str(p.n_threads) + " is more than " + str(kMaxThreads));
+    // What the codes' storage assumes of the codebook.
+    require(cb.n_layers >= 1 && cb.n_kv_heads >= 1 && cb.n_q_heads % cb.n_kv_heads == 0,
+            COMMVQ_ERR_SHAPE_MISMATCH, std::string(fn) + "the codebook's head counts are inconsistent");
+    require(cb.value_code_bits() % 8 == 0 && cb.code_bits() <= 16, COMMVQ_ERR_SHAPE_MISMATCH,
+            std::string(fn) + "the codebook's code widths are not supported");
+    if (p.n_threads == 0) p.n_threads = std::max(1u, std::thread::hardware_concurrency());
+    if (p.attn_scale == 0) p.attn_scale = float(1.0 / std::sqrt(double(cb.head_dim)));
+    return p;
+}
+
+}  // namespace
+
+Cache::Cache(const Codebook& cb, const commvq_cache_params_t& params)
+    : params_(resolve_params(cb, params)),
+      cb_(cb),
+      layout_(make_block_layout(cb_, params_.block_tokens)),
+      pool_(uint32_t(blocks_for(params_.max_tokens, params_.block_tokens))) {
+    const uint32_t n_blocks = pool_.capacity();
+
+    BackendConfig config;
+    config.n_blocks = n_blocks;
+    config.max_seqs = params_.max_seqs;
+    config.window = params_.window;
+    config.sink_tokens = params_.sink_tokens;
+    config.io_dtype = params_.io_dtype;
+    config.key_convention = params_.key_convention;
+    config.attn_scale = params_.attn_scale;
+    config.n_threads = params_.n_threads;
+    config.layout = layout_;
+    if (params_.device == COMMVQ_DEVICE_CPU) {
+        backend_ = make_cpu_backend(cb_, config);
+    } else {
+#ifdef COMMVQ_WITH_CUDA
+        backend_ = make_cuda_backend(cb_, config, params_.device);
+#else
+        throw Error(COMMVQ_ERR_NOT_SUPPORTED, "commvq_cache_create: device " + std::to_string(params_.device) +
+                                                  " asked for, but this library was built without CUDA");
+#endif
+    }
+
+    seqs_.resize(params_.max_seqs);
+    for (auto& s : seqs_) {
+        // Every block table can hold the whole pool: no allocation later.
+        s.blocks.reserve(n_blocks);
+        s.layers.resize(cb_.n_layers);
+    }
+}
+
+void Cache::check_layer(uint32_t layer, const char* fn) const {
+    require(layer < cb_.n_layers, COMMVQ_ERR_OUT_OF_RANGE,
+            std::string(fn) + ": layer " + str(layer) + " out of range (the model has " + str(cb_.n_layers) + " layers)");
+}
+
+void Cache::check_seq(uint32_t seq, const char* fn) const {
+    require(seq < params_.max_seqs, COMMVQ_ERR_OUT_OF_RANGE,
+            std::string(fn) + ": sequence " + str(seq) + " out of range (max_seqs is " + str(params_.max_seqs) + ")");
+}
+
+// Tokens leave the window (oldest first) once it would hold more than W.
+uint64_t Cache::compressed_after(uint64_t length, uint64_t compressed) const {
+    const uint64_t kept = uint64_t(params_.sink_tokens) + params_.window;
+    return length > kept ? std::max(compressed, length - kept) : compressed;
+}
+
+uint64_t Cache::blocks_needed(const Sequence& s, uint64_t before, uint64_t after) const {
+    if (after == before) return 0;
+    const uint32_t bt = params_.block_tokens;
+    const uint64_t table = s.blocks.size();
+    const uint64_t first = before / bt, end = blocks_for(after, bt);
+    uint64_t copies = 0;
+    for (uint64_t j = first; j < std::min(end, table); ++j) copies += pool_.shared(s.blocks[j]);
+    return (end > table ? end - table : 0) + copies;
+}
+
+// Gives the sequence its own copy of every shared block that compressed
+// slots [before, after) fall in, and new blocks past its table. The caller
+// has checked blocks_needed() against the free blocks.
+void Cache::make_writable(Sequence& s, uint64_t before, uint64_t after) {
+    if (after == before) return;
+    const uint32_t bt = params_.block_tokens;
+    const uint64_t first = before / bt, end = blocks_for(after, bt);
+    for (uint64_t j = first; j < std::min<uint64_t>(end, s.blocks.size()); ++j) {
+        if (!pool_.shared(s.blocks[j])) continue;
+        const uint32_t copy = pool_.allocate();
+        backend_->copy_block(s.blocks[j], copy);
+        pool_.release(s.blocks[j]);
+        s.blocks[j] = copy;
+    }
+    while (s.blocks.size() < end) s.blocks.push_back(pool_.allocate());
+}
+
+// Drops the blocks past the sequence's furthest compressed token.
+void Cache::trim_blocks(Sequence& s) {
+    const uint64_t keep = blocks_for(s.max_compressed(), params_.block_tokens);
+    while (s.blocks.size() > keep) {
+        pool_.release(s.blocks.back());
+        s.blocks.pop_back();
+    }
+}
+
+void Cache::append(uint32_t layer, uint32_t seq, uint32_t n_tokens, const void* k, const void* v) {
+    const char* fn = "commvq_cache_append";
+    check_layer(layer, fn);
+    check_seq(seq, fn);
+    require(n_tokens > 0, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": n_tokens is 0");
+    require(k && v, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": k or v is NULL");
+    Sequence& s = seqs_[seq];
+    const LayerState before = s.layers[layer];
+    const uint64_t frontier = s.frontier();
+    const bool catches_up = before.length + n_tokens <= frontier;
+    const bool leads = before.length == frontier && s.in_step();
+    if (!catches_up && !leads) {
+        std::string lengths;
+        for (uint32_t l = 0; l < cb_.n_layers; ++l)
+            lengths += (l ? ", " : "") + str(s.layers[l].length);
+        throw Error(COMMVQ_ERR_INVALID_STATE,
+                    std::string(fn) + ": layers out of step: sequence " + str(seq) + " layer " + str(layer) + " holds " +
+                        str(before.length) + " tokens; " + str(n_tokens) +
+                        " more would pass the furthest layer before every layer has caught up (layer lengths: " +
+                        lengths + ")");
+    }
+    LayerState after;
+    after.length = before.length + n_tokens;
+    after.compressed = compressed_after(after.length, before.compressed);
+    const uint64_t needed = blocks_needed(s, before.compressed, after.compressed);
+    require(needed <= pool_.free_count(), COMMVQ_ERR_CAPACITY,
+            std::string(fn) + ": the block pool is full: this append needs " + str(needed) + " more blocks, " +
+                str(pool_.free_count()) + " of " + str(pool_.capacity()) + " are free");
+    const size_t elements = size_t(n_tokens) * cb_.value_dim();
+    for (const void* x : {k, v}) {
+        if (!backend_->host_readable(x)) continue;  // device memory: the host cannot look
+        const size_t bad = first_non_finite(x, params_.io_dtype, elements);
+        require(bad == elements, COMMVQ_ERR_INVALID_ARGUMENT,
+                std::string(fn) + ": " + (x == k ? "k" : "v") + " holds a non-finite number (token " +
+                    str(bad / cb_.value_dim()) + ", element " + str(bad % cb_.value_dim()) + ")");
+    }
+
+    make_writable(s, before.compressed, after.compressed);
+    const LayerView before_view = s.view(seq, layer, params_.sink_tokens);
+    s.layers[layer] = after;
+    const LayerView after_view = s.view(seq, layer, params_.sink_tokens);
+    backend_->append(layer, before_view, after_view, n_tokens, k, v);
+}
+
+void Cache::attend(uint32_t layer, uint32_t seq, uint32_t n_queries, const void* q, void* out,
+                   float* lse, uint32_t flags) {
+    const char* fn = "commvq_cache_attend";
+    check_layer(layer, fn);
+    check_seq(seq, fn);
+    require((flags & ~COMMVQ_ATTEND_NON_CAUSAL) == 0, COMMVQ_ERR_INVALID_ARGUMENT,
+            std::string(fn) + ": unknown flags " + str(flags));
+    require(n_queries > 0, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": n_queries is 0");
+    require(q && out, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": q or out is NULL");
+    const LayerView view = seqs_[seq].view(seq, layer, params_.sink_tokens);
+    require(view.length > 0, COMMVQ_ERR_OUT_OF_RANGE,
+            std::string(fn) + ": sequence " + str(seq) + " holds no tokens in layer " + str(layer));
+    const bool causal = (flags & COMMVQ_ATTEND_NON_CAUSAL) == 0;
+    require(!causal || n_queries <= view.length, COMMVQ_ERR_OUT_OF_RANGE,
+            std::string(fn) + ": " + str(n_queries) + " causal queries, but layer " + str(layer) + " of sequence " +
+                str(seq) + " holds only " + str(view.length) + " tokens (query i sits at position length - n_queries + i)");
+    std::vector<AttendRow> rows(n_queries);
+    for (uint32_t i = 0; i < n_queries; ++i)
+        rows[i] = {&view, causal ? view.length - n_queries + i + 1 : view.length};
+    AttendCall call;
+    call.layer = layer;
+    call.n_rows = n_queries;
+    call.rows = rows.data();
+    call.one_sequence = true;
+    call.q = q;
+    call.out = out;
+    call.lse = lse;
+    backend_->attend(call);
+}
+
+void Cache::attend_batch(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids, const void* q,
+                         void* out, float* lse, uint32_t flags) {
+    const char* fn = "commvq_cache_attend_batch";
+    check_layer(layer, fn);
+    require((flags & ~COMMVQ_ATTEND_NON_CAUSAL) == 0, COMMVQ_ERR_INVALID_ARGUMENT,
+            std::string(fn) + ": unknown flags " + str(flags));
+    require(n_seqs > 0, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": n_seqs is 0");
+    require(seq_ids && q && out, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": seq_ids, q or out is NULL");
+    std::vector<LayerView> views(n_seqs);
+    std::vector<AttendRow> rows(n_seqs);
+    for (uint32_t i = 0; i < n_seqs; ++i) {
+        check_seq(seq_ids[i], fn);
+        views[i] = seqs_[seq_ids[i]].view(seq_ids[i], layer, params_.sink_tokens);
+        require(views[i].length > 0, COMMVQ_ERR_OUT_OF_RANGE,
+                std::string(fn) + ": sequence " + str(seq_ids[i]) + " (entry " + str(i) + ") holds no tokens in layer " +
+                    str(layer));
+        // A decode query sits at its sequence's last position: it sees every
+        // token, causal or not.
+        rows[i] = {&views[i], views[i].length};
+    }
+    AttendCall call;
+    call.layer = layer;
+    call.n_rows = n_seqs;
+    call.rows = rows.data();
+    call.one_sequence = false;
+    call.q = q;
+    call.out = out;
+    call.lse = lse;
+    backend_->attend(call);
+}
+
+uint64_t Cache::seq_length(uint32_t seq) const {
+    check_seq(seq, "commvq_cache_seq_length");
+    return seqs_[seq].frontier();
+}
+
+void Cache::seq_clear(uint32_t seq) {
+    check_seq(seq, "commvq_cache_seq_clear");
+    Sequence& s = seqs_[seq];
+    for (auto& l : s.layers) l = LayerState{};
+    trim_blocks(s);
+}
+
+void Cache::seq_truncate(uint32_t seq, uint64_t new_length) {
+    const char* fn = "commvq_cache_seq_truncate";
+    check_seq(seq, fn);
+    Sequence& s = seqs_[seq];
+    require(new_length <= s.frontier(), COMMVQ_ERR_OUT_OF_RANGE,
+            std::string(fn) + ": new_length " + str(new_length) + " is past the end of sequence " + str(seq) + " (" +
+                str(s.frontier()) + " tokens)");
+    const uint64_t S = params_.sink_tokens;
+    for (auto& l : s.layers) {
+        if (l.length <= new_length) continue;
+        l.length = new_length;
+        l.compressed = std::min(l.compressed, new_length > S ? new_length - S : 0);
+    }
+    trim_blocks(s);
+}
+
+void Cache::seq_fork(uint32_t src, uint32_t dst) {
+    const char* fn = "commvq_cache_seq_fork";
+    check_seq(src, fn);
+    check_seq(dst, fn);
+    require(src != dst, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": src and dst are both sequence " + str(src));
+    Sequence& from = seqs_[src];
+    Sequence& to = seqs_[dst];
+    require(to.frontier() == 0, COMMVQ_ERR_INVALID_STATE,
+            std::string(fn) + ": destination sequence " + str(dst) + " is not empty (" + str(to.frontier()) + " tokens)");
+    require(from.in_step(), COMMVQ_ERR_INVALID_STATE,
+            std::string(fn) + ": the layers of source sequence " + str(src) + " are out of step");
+    to.blocks.assign(from.blocks.begin(), from.blocks.end());
+    for (uint32_t b : to.blocks) pool_.retain(b);
+    to.layers = from.layers;
+    backend_->copy_uncompressed(src, dst);
+}
+
+commvq_cache_stats_t Cache::stats() const {
+    commvq_cache_stats_t st;
+    std::memset(&st, 0, sizeof st);
+    st.struct_size = sizeof st;
+    const uint64_t token_bytes_16 = 2ull * cb_.value_dim() * 2;  // keys and values at 16 bits, one layer
+    const uint64_t token_bytes_io = 2ull * cb_.value_dim() * dtype_size(params_.io_dtype);
+    for (const auto& s : seqs_) {
+        const uint64_t len = s.frontier();
+        if (len == 0) continue;
+        ++st.n_seqs_used;
+        st.tokens += len;
+        st.compressed_tokens += s.layers[0].compressed;
+        for (const auto& l : s.layers) st.bytes_window += (l.length - l.compressed) * token_bytes_io;
+    }
+    st.blocks_used = pool_.used_count();
+    st.blocks_total = pool_.capacity();
+    st.tokens_free = uint64_t(pool_.free_count()) * params_.block_tokens;
+    st.bytes_compressed = st.blocks_used * layout_.block_bytes * cb_.n_layers;
+    uint64_t codebook_bytes = 0;
+    for (const auto& l : cb_.layers) {
+        const auto& v = l.values;
+        codebook_bytes += (l.keys.sub_centers.size() + v.lambda.size() + v.norm_weight.size() +
+                           v.norm_bias.size() + v.enc1_weight.size() + v.enc1_bias.size() +
+                           v.enc2_weight.size() + v.enc2_bias.size() + v.codebook.size()) *
+                          sizeof(float);
+    }
+    for (const auto& c : cb_.cross) codebook_bytes += c.size() * sizeof(float);
+    for (const auto& n : cb_.norms) codebook_bytes += n.size() * sizeof(float);
+    st.bytes_codebook = codebook_bytes + backend_->bytes_codebook();
+    st.bytes_reserved = codebook_bytes + backend_->bytes_reserved() +
+                        uint64_t(seqs_.size()) * (uint64_t(pool_.capacity()) * sizeof(uint32_t) +
+                                                  cb_.n_layers * sizeof(LayerState)) +
+                        uint64_t(pool_.capacity()) * 2 * sizeof(uint32_t);
+    st.bytes_per_compressed_token = double(layout_.token_bytes()) * cb_.n_layers;
+    st.bytes_per_token_16bit = double(token_bytes_16) * cb_.n_layers;
+    return st;
+}
+
+SequenceImage Cache::export_sequence(uint32_t seq) const {
+    const Sequence& s = seqs_[seq];
+    SequenceImage im;
+    im.fingerprint = cb_.fingerprint;
+    im.n_layers = cb_.n_layers;
+    im.n_kv_heads = cb_.n_kv_heads;
+    im.head_dim = cb_.head_dim;
+    im.io_dtype = params_.io_dtype;
+    im.key_convention = params_.key_convention;
+    im.sink_tokens = params_.sink_tokens;
+    im.token_bytes = uint32_t(layout_.token_bytes());
+    im.length = s.frontier();
+    const size_t half = size_t(cb_.value_dim()) * dtype_size(params_.io_dtype);
+    im.compressed.resize(cb_.n_layers);
+    im.codes.resize(cb_.n_layers);
+    im.keys.resize(cb_.n_layers);
+    im.values.resize(cb_.n_layers);
+    for (uint32_t l = 0; l < cb_.n_layers; ++l) {
+        const LayerView v = s.view(seq, l, params_.sink_tokens);
+        im.compressed[l] = v.compressed;
+        im.codes[l].resize(v.compressed * im.token_bytes);
+        backend_->read_compressed(l, v, 0, v.compressed, im.codes[l].data());
+        im.keys[l].resize((v.sinks + v.window) * half);
+        im.values[l].resize((v.sinks + v.window) * half);
+        backend_->read_uncompressed(l, v, 0, v.sinks, im.keys[l].data(), im.values[l].data());
+        backend_->read_uncompressed(l, v, v.first_window_position(), v.window,
+                                    im.keys[l].data() + v.sinks * half, im.values[l].data() + v.sinks * half);
+    }
+    return im;
+}
+
+void Cache::seq_save(uint32_t seq, const std::string& path) const {
+    const char* fn = "commvq_cache_seq_save";
+    check_seq(seq, fn);
+    require(seqs_[seq].in_step(), COMMVQ_ERR_INVALID_STATE,
+            std::string(fn) + ": the layers of sequence " + str(seq) + " are out of step");
+    write_sequence_file(export_sequence(seq), path);
+}
+
+void Cache::seq_load(uint32_t seq, const std::string& path) {
+    const char* fn = "commvq_cache_seq_load";
+    check_seq(seq, fn);
+    Sequence& s = seqs_[seq];
+    require(s.frontier() == 0, COMMVQ_ERR_INVALID_STATE,
+            std::string(fn) + ": sequence " + str(seq) + " is not empty (" + str(s.frontier()) + " tokens)");
+    const SequenceImage im = read_sequence_file(path);
+    const std::string in_file = std::string(fn) + ": '" + path + "' ";
+    require(im.fingerprint == cb_.fingerprint, COMMVQ_ERR_CODEBOOK_MISMATCH,
+            in_file + "was written under another codebook (fingerprint " + str(im.fingerprint) + ", this cache's " +
+                str(cb_.fingerprint) + ")");
+    require(im.n_layers == cb_.n_layers && im.n_kv_heads == cb_.n_kv_heads && im.head_dim == cb_.head_dim &&
+                im.token_bytes == layout_.token_bytes(),
+            COMMVQ_ERR_SHAPE_MISMATCH, in_file + "has a model shape other than this codebook's");
+    require(im.io_dtype == params_.io_dtype, COMMVQ_ERR_SHAPE_MISMATCH,
+            in_file + "holds " + dtype_name(im.io_dtype) + " tokens; this cache's io_dtype is " +
+                dtype_name(params_.io_dtype));
+    require(im.key_convention == params_.key_convention, COMMVQ_ERR_SHAPE_MISMATCH,
+            in_file + "holds keys of the other key convention (PRE_ROPE / POST_ROPE) than this cache");
+    require(im.sink_tokens == params_.sink_tokens, COMMVQ_ERR_SHAPE_MISMATCH,
+            in_file + "was saved with " + str(im.sink_tokens) + " sink tokens; this cache keeps " +
+                str(params_.sink_tokens));
+    const uint64_t S = params_.sink_tokens;
+    uint64_t max_compressed = 0;
+    for (uint32_t l = 0; l < im.n_layers; ++l) {
+        const uint64_t c = im.compressed[l];
+        require(c == 0 || im.length >= S + c, COMMVQ_ERR_CORRUPT,
+                in_file + "layer " + str(l) + ": compressed tokens overlap the sinks");
+        const uint64_t window = im.length - std::min(im.length, S) - c;
+        require(window <= params_.window, COMMVQ_ERR_CAPACITY,
+                in_file + "layer " + str(l) + " holds " + str(window) + " window tokens; this cache's window is " +
+                    str(params_.window));
+        max_compressed = std::max(max_compressed, c);
+    }
+    const uint64_t needed = blocks_for(max_compressed, params_.block_tokens);
+    require(needed <= pool_.free_count(), COMMVQ_ERR_CAPACITY,
+            in_file + "needs " + str(needed) + " blocks; " + str(pool_.free_count()) + " are free");
+    // Codes index the codebook's tables, so they are checked like any input.
+    const uint32_t code_limit = cb_.sub_centers * cb_.sub_centers;
+    std::vector<uint16_t> codes(size_t(cb_.n_kv_heads) * cb_.key_stages);
+    std::vector<float> floats(layout_.n_key_scales + 1);  // the scales and the weight
+    for (uint32_t l = 0; l < im.n_layers; ++l) {
+        for (uint64_t t = 0; t < im.compressed[l]; ++t) {
+            const uint8_t* token = im.codes[l].data() + t * im.token_bytes;
+            unpack_codes(token, codes.size(), cb_.code_bits(), codes.data());
+            for (uint16_t c : codes)
+                require(c < code_limit, COMMVQ_ERR_CORRUPT, in_file + "holds a key code out of range");
+            std::memcpy(floats.data(), token + layout_.key_code_bytes + layout_.value_code_bytes,
+                        floats.size() * sizeof(float));  // packed tokens are not aligned
+            require(first_non_finite(floats.data(), COMMVQ_DTYPE_F32, floats.size()) == floats.size(),
+                    COMMVQ_ERR_CORRUPT, in_file + "holds a non-finite scale or weight");
+        }
+        const size_t n = im.keys[l].size() / dtype_size(im.io_dtype);
+        require(first_non_finite(im.keys[l].data(), im.io_dtype, n) == n &&
+                    first_non_finite(im.values[l].data(), im.io_dtype, n) == n,
+                COMMVQ_ERR_CORRUPT, in_file + "holds a non-finite key or value");
+    }
+
+    while (s.blocks.size() < needed) s.blocks.push_back(pool_.allocate());
+    const size_t half = size_t(cb_.value_dim()) * dtype_size(params_.io_dtype);
+    for (uint32_t l = 0; l < im.n_layers; ++l) {
+        s.layers[l] = {im.length, im.compressed[l]};
+        const LayerView v = s.view(seq, l, params_.sink_tokens);
+        backend_->write_compressed(l, v, 0, v.compressed, im.codes[l].data());
+        backend_->write_uncompressed(l, v, 0, v.sinks, im.keys[l].data(), im.values[l].data());
+        backend_->write_uncompressed(l, v, v.first_window_position(), v.window,
+                                     im.keys[l].data() + v.sinks * half, im.values[l].data() + v.sinks * half);
+    }
+}
+
+void Cache::set_stream(void* stream) { backend_->set_stream(stream); }
+
+void Cache::synchronize() { backend_->synchronize(); }
+
+}  // namespace commvq

@@ -1,0 +1,79 @@
+// The compressed KV cache: sequences, their layers and block tables, the
+// block pool's bookkeeping and every check the C API promises (commvq.h).
+// Everything is validated here, before anything changes, so a failed call
+// leaves the cache exactly as it was; the back end (backend.h) then stores,
+// encodes and attends.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "block_pool.h"
+#include "codebook.h"
+#include "sequence.h"
+
+namespace commvq {
+
+struct SequenceImage;
+
+class Cache {
+public:
+    // params: every field set (the C shim fills missing ones with defaults).
+    Cache(const Codebook& cb, const commvq_cache_params_t& params);
+
+    void append(uint32_t layer, uint32_t seq, uint32_t n_tokens, const void* k, const void* v);
+    void attend(uint32_t layer, uint32_t seq, uint32_t n_queries, const void* q, void* out,
+                float* lse, uint32_t flags);
+    void attend_batch(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids, const void* q,
+                      void* out, float* lse, uint32_t flags);
+
+    uint64_t seq_length(uint32_t seq) const;
+    void seq_clear(uint32_t seq);
+    void seq_truncate(uint32_t seq, uint64_t new_length);
+    void seq_fork(uint32_t src, uint32_t dst);
+
+    commvq_cache_stats_t stats() const;
+
+    void seq_save(uint32_t seq, const std::string& path) const;
+    void seq_load(uint32_t seq, const std::string& path);
+
+    void set_stream(void* stream);
+    void synchronize();
+
+    // Read access for tests and tools.
+    const Codebook& codebook() const { return cb_; }
+    const commvq_cache_params_t& params() const { return params_; }
+    const BlockLayout& layout() const { return layout_; }
+    const Sequence& sequence(uint32_t seq) const { return seqs_.at(seq); }
+    const BlockPool& block_pool() const { return pool_; }
+    const Backend& backend() const { return *backend_; }
+
+private:
+    void check_layer(uint32_t layer, const char* fn) const;
+    void check_seq(uint32_t seq, const char* fn) const;
+    uint64_t compressed_after(uint64_t length, uint64_t compressed) const;
+    // Blocks an append needs beyond those the sequence holds alone: new
+    // table entries plus copies of shared blocks it would write to.
+    uint64_t blocks_needed(const Sequence& s, uint64_t compressed_before,
+                           uint64_t compressed_after) const;
+    void make_writable(Sequence& s, uint64_t compressed_before, uint64_t compressed_after);
+    void trim_blocks(Sequence& s);
+    SequenceImage export_sequence(uint32_t seq) const;
+
+    commvq_cache_params_t params_;  // resolved: no 0 meaning "default" left
+    Codebook cb_;  // the cache's own copy; the back end refers to it
+    BlockLayout layout_;
+    BlockPool pool_;
+    std::vector<Sequence> seqs_;
+    std::unique_ptr<Backend> backend_;
+};
+
+}  // namespace commvq
+
+// The C handle is the C++ object.
+struct commvq_cache {
+    commvq::Cache cache;
+    commvq_cache(const commvq::Codebook& cb, const commvq_cache_params_t& params) : cache(cb, params) {}
+};

@@ -1,0 +1,162 @@
+// The cache functions of the C API: argument checks that need the C view
+// (NULL pointers, struct sizes), then the cache (cache.h).
+#include <memory>
+
+#include "cache.h"
+#include "guard.h"
+
+using commvq::capi::guard;
+using commvq::capi::require_arg;
+
+extern "C" {
+
+COMMVQ_API void commvq_cache_params_init(commvq_cache_params_t* params) {
+    if (!params) return;
+    std::memset(params, 0, sizeof *params);
+    params->struct_size = sizeof *params;
+    params->device = COMMVQ_DEVICE_CPU;
+    params->max_seqs = 1;
+    params->max_tokens = 65536;
+    params->block_tokens = 64;
+    params->window = 128;
+    params->sink_tokens = 0;
+    params->io_dtype = COMMVQ_DTYPE_F32;
+    params->key_convention = COMMVQ_KEYS_PRE_ROPE;
+    params->attn_scale = 0.0f;
+    params->n_threads = 0;
+}
+
+COMMVQ_API commvq_status_t commvq_cache_create(const commvq_codebook_t* cb,
+                                              const commvq_cache_params_t* params,
+                                              commvq_cache_t** out) {
+    return guard([&] {
+        const char* fn = "commvq_cache_create";
+        require_arg(cb, fn, "cb");
+        require_arg(out, fn, "out");
+        commvq_cache_params_t defaults;
+        commvq_cache_params_init(&defaults);
+        const commvq_cache_params_t p = commvq::capi::read_params(params, defaults, fn, "params");
+        auto cache = std::make_unique<commvq_cache>(cb->cb, p);
+        *out = cache.release();
+    });
+}
+
+COMMVQ_API void commvq_cache_destroy(commvq_cache_t* cache) { delete cache; }
+
+COMMVQ_API commvq_status_t commvq_cache_append(commvq_cache_t* cache, uint32_t layer, uint32_t seq,
+                                              uint32_t n_tokens, const void* k, const void* v) {
+    return guard([&] {
+        const char* fn = "commvq_cache_append";
+        require_arg(cache, fn, "cache");
+        require_arg(k, fn, "k");
+        require_arg(v, fn, "v");
+        cache->cache.append(layer, seq, n_tokens, k, v);
+    });
+}
+
+COMMVQ_API commvq_status_t commvq_cache_attend(commvq_cache_t* cache, uint32_t layer, uint32_t seq,
+                                              uint32_t n_queries, const void* q, void* out,
+                                              float* lse, uint32_t flags) {
+    return guard([&] {
+        const char* fn = "commvq_cache_attend";
+        require_arg(cache, fn, "cache");
+        require_arg(q, fn, "q");
+        require_arg(out, fn, "out");
+        cache->cache.attend(layer, seq, n_queries, q, out, lse, flags);
+    });
+}
+
+COMMVQ_API commvq_status_t commvq_cache_attend_batch(commvq_cache_t* cache, uint32_t layer,
+                                                    uint32_t n_seqs, const uint32_t* seq_ids,
+                                                    const void* q, void* out, float* lse,
+                                                    uint32_t flags) {
+    return guard([&] {
+        const char* fn = "commvq_cache_attend_batch";
+        require_arg(cache, fn, "cache");
+        require_arg(seq_ids, fn, "seq_ids");
+        require_arg(q, fn, "q");
+        require_arg(out, fn, "out");
+        cache->cache.attend_batch(layer, n_seqs, seq_ids, q, out, lse, flags);
+    });
+}
+
+COMMVQ_API commvq_status_t commvq_cache_seq_length(const commvq_cache_t* cache, uint32_t seq,
+                                                  uint64_t* length) {
+    return guard([&] {
+        const char* fn = "commvq_cache_seq_length";
+        require_arg(cache, fn, "cache");
+        require_arg(length, fn, "length");
+        *length = cache->cache.seq_length(seq);
+    });
+}
+
+COMMVQ_API commvq_status_t commvq_cache_seq_clear(commvq_cache_t* cache, uint32_t seq) {
+    return guard([&] {
+        require_arg(cache, "commvq_cache_seq_clear", "cache");
+        cache->cache.seq_clear(seq);
+    });
+}
+
+COMMVQ_API commvq_status_t commvq_cache_seq_truncate(commvq_cache_t* cache, uint32_t seq,
+                                                    uint64_t new_length) {
+    return guard([&] {
+        require_arg(cache, "commvq_cache_seq_truncate", "cache");
+        cache->cache.seq_truncate(seq, new_length);
+    });
+}
+
+COMMVQ_API commvq_status_t commvq_cache_seq_fork(commvq_cache_t* cache, uint32_t src, uint32_t dst) {
+    return guard([&] {
+        require_arg(cache, "commvq_cache_seq_fork", "cache");
+        cache->cache.seq_fork(src, dst);
+    });
+}
+
+COMMVQ_API void commvq_cache_stats_init(commvq_cache_stats_t* stats) {
+    if (!stats) return;
+    std::memset(stats, 0, sizeof *stats);
+    stats->struct_size = sizeof *stats;
+}
+
+COMMVQ_API commvq_status_t commvq_cache_get_stats(const commvq_cache_t* cache,
+                                                 commvq_cache_stats_t* stats) {
+    return guard([&] {
+        const char* fn = "commvq_cache_get_stats";
+        require_arg(cache, fn, "cache");
+        commvq::capi::write_struct(stats, cache->cache.stats(), fn, "stats");
+    });
+}
+
+COMMVQ_API commvq_status_t commvq_cache_seq_save(const commvq_cache_t* cache, uint32_t seq,
+                                                const char* path) {
+    return guard([&] {
+        require_arg(cache, "commvq_cache_seq_save", "cache");
+        require_arg(path, "commvq_cache_seq_save", "path");
+        cache->cache.seq_save(seq, path);
+    });
+}
+
+COMMVQ_API commvq_status_t commvq_cache_seq_load(commvq_cache_t* cache, uint32_t seq,
+                                                const char* path) {
+    return guard([&] {
+        require_arg(cache, "commvq_cache_seq_load", "cache");
+        require_arg(path, "commvq_cache_seq_load", "path");
+        cache->cache.seq_load(seq, path);
+    });
+}
+
+COMMVQ_API commvq_status_t commvq_cache_set_stream(commvq_cache_t* cache, void* cuda_stream) {
+    return guard([&] {
+        require_arg(cache, "commvq_cache_set_stream", "cache");
+        cache->cache.set_stream(cuda_stream);
+    });
+}
+
+COMMVQ_API commvq_status_t commvq_cache_synchronize(commvq_cache_t* cache) {
+    return guard([&] {
+        require_arg(cache, "commvq_cache_synchronize", "cache");
+        cache->cache.synchronize();
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,63 @@
+// The CPU back end: storage in host memory (cpu_storage.h), encoding on
+// append spread over a thread pool, attention from codes (attention_cpu.h).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "attention_cpu.h"
+#include "backend.h"
+#include "cpu_storage.h"
+#include "key_encoder.h"
+#include "rope.h"
+#include "thread_pool.h"
+#include "value_encoder.h"
+
+namespace commvq {
+
+class CpuBackend final : public Backend {
+public:
+    CpuBackend(const Codebook& cb, const BackendConfig& config);
+
+    void append(uint32_t layer, const LayerView& before, const LayerView& after, uint32_t n_tokens,
+                const void* k, const void* v) override;
+    void copy_block(uint32_t src, uint32_t dst) override;
+    void copy_uncompressed(uint32_t src, uint32_t dst) override;
+    void attend(const AttendCall& call) override;
+    void read_compressed(uint32_t layer, const LayerView& view, uint64_t first, uint64_t count,
+                         uint8_t* out) const override;
+    void write_compressed(uint32_t layer, const LayerView& view, uint64_t first, uint64_t count,
+                          const uint8_t* in) override;
+    void read_uncompressed(uint32_t layer, const LayerView& view, uint64_t position, uint64_t count,
+                           void* k, void* v) const override;
+    void write_uncompressed(uint32_t layer, const LayerView& view, uint64_t position,
+                            uint64_t count, const void* k, const void* v) override;
+    uint64_t bytes_reserved() const override;
+    uint64_t bytes_codebook() const override;
+    void set_stream(void* stream) override;
+    void synchronize() override {}
+
+private:
+    // Per-thread working memory of the encoders.
+    struct EncodeScratch {
+        std::vector<float> key;    // [n_kv_heads * head_dim] canonical, pre-RoPE
+        std::vector<float> value;  // [D]
+        std::vector<float> token;  // [D] model layout
+        std::vector<uint16_t> codes;  // [n_kv_heads * key_stages]
+        std::vector<float> encoder;   // ValueEncoder scratch
+    };
+    void encode_token(uint32_t layer, uint64_t position, const uint8_t* k, const uint8_t* v,
+                      TokenSlot slot, EncodeScratch& s) const;
+
+    const Codebook& cb_;
+    BackendConfig config_;
+    ThreadPool pool_;
+    CpuStorage storage_;
+    CpuAttention attention_;
+    Rope rope_;
+    std::vector<KeyEncoder> key_encoders_;      // per layer
+    std::vector<ValueEncoder> value_encoders_;  // per layer
+    std::vector<EncodeScratch> encode_scratch_; // per thread
+};
+
+}  // namespace commvq
