@@ -308,7 +308,7 @@ TEST_CASE("key encoder: zero key gets scale 0 and decodes to zero") {
     }
 }
 
-TEST_CASE("key decode_head is the sum of the chosen centers; encode-decode error shrinks with stages") {
+TEST_CASE("key decode_head is the sum of the chosen centers, and encode-decode error shrinks with stages") {
     const test::KvFixture& fx = test::kv_fixture();
     test::RandomCodebookSpec spec;
     spec.n_layers = 1;

@@ -175,7 +175,7 @@ TEST_CASE("value encoder matches a float64 reference on random values, odd shape
     }
 }
 
-TEST_CASE("value encoder: ties between logits go to the lower option; bit mapping") {
+TEST_CASE("value encoder: ties between logits go to the lower option, and the bit mapping") {
     // With zero enc2 weights the logits are the biases: choose them to make
     // each group's winner known, including exact ties.
     test::RandomCodebookSpec spec;
