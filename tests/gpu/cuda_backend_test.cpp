@@ -304,7 +304,7 @@ TEST_CASE("gpu: attention agrees with the CPU cache on the same tokens") {
     CHECK(err < 5e-3);
 }
 
-TEST_CASE("gpu: fork shares blocks copy-on-write; truncate and clear") {
+TEST_CASE("gpu: fork shares blocks copy-on-write, then truncate and clear") {
     REQUIRE_MESSAGE(have_gpu(), "gpu tests need a CUDA device");
     const Codebook cb = test::random_codebook(llama_like(1, 41));
     CodebookHandle h(cb);
