@@ -1,0 +1,310 @@
+// commvq-train: trains a codebook from a KV file written by
+// tools/collect_kv.py (per layer l: keys.{l} [T, Hkv, d] before RoPE,
+// values.{l} [T, Hkv, d]) and writes it as a codebook file. With --eval it
+// also measures the codebook on other KV files (held-out data), encoding
+// tokens exactly as the cache does. See docs/TRAINING.md.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "codebook_file.h"
+#include "error.h"
+#include "key_encoder.h"
+#include "pair_layout.h"
+#include "safetensors.h"
+#include "train/train.h"
+#include "value_encoder.h"
+
+namespace {
+
+using commvq::Error;
+
+const char* kUsage =
+    "usage: commvq-train -i KV.safetensors -o CODEBOOK.safetensors [options]\n"
+    "       commvq-train --codebook CODEBOOK.safetensors --eval KV.safetensors\n"
+    "\n"
+    "  -i, --input FILE        keys.{l} / values.{l} per layer (tools/collect_kv.py)\n"
+    "  -o, --output FILE       the codebook file to write\n"
+    "  --bits 1|2              value bits; key stages R = 11 or 21 (default 1)\n"
+    "  --stages R              key residual stages (default from --bits)\n"
+    "  --sub-centers C         sub-centers per stage (default 64: 12-bit codes)\n"
+    "  --pairs rotate-half|interleaved   the model's RoPE pair layout (default rotate-half)\n"
+    "  --scale token|head      key scale: per token over all heads, or per head (default token)\n"
+    "  --q-heads N             query heads of the model (default = KV heads)\n"
+    "  --rope-theta X          (default 10000)\n"
+    "  --rope-scaling none|linear|llama3, --rope-factor X, --rope-low-freq-factor X,\n"
+    "  --rope-high-freq-factor X, --rope-original-max-position X\n"
+    "  --model-name NAME       recorded in the codebook\n"
+    "  --max-samples N         tokens per layer to train on (default 1048576)\n"
+    "  --key-steps N           EM steps per key stage at most (default 100)\n"
+    "  --value-steps N         value optimizer steps per layer (default 2000)\n"
+    "  --value-batch N         tokens per value step (default 256)\n"
+    "  --value-hidden I        value encoder width (default min(4096, 4n))\n"
+    "  --value-lr X            (default 1e-3)\n"
+    "  --no-gumbel             train the value encoder without Gumbel noise\n"
+    "  --seed N                (default 0)\n"
+    "  --threads N             (default 0 = all cores)\n"
+    "  --codebook FILE         evaluate this codebook instead of training one\n"
+    "  --eval FILE             after training (or for --codebook), report key and value\n"
+    "                          MSE on this KV file; may be repeated\n"
+    "  -q, --quiet             no progress bar\n";
+
+[[noreturn]] void usage_error(const std::string& message) {
+    std::fprintf(stderr, "commvq-train: %s\n\n%s", message.c_str(), kUsage);
+    std::exit(2);
+}
+
+struct KvFile {
+    uint32_t n_layers = 0, n_kv_heads = 0, head_dim = 0;
+    uint64_t n_tokens = 0;
+    std::vector<float> keys, values;  // [L][T][Hkv][d]
+};
+
+KvFile read_kv(const std::string& path) {
+    std::vector<uint8_t> bytes = commvq::safetensors::read_file(path);
+    commvq::safetensors::File file = commvq::safetensors::parse(bytes.data(), bytes.size());
+    KvFile kv;
+    while (file.tensors.count("keys." + std::to_string(kv.n_layers))) ++kv.n_layers;
+    commvq::require(kv.n_layers > 0, COMMVQ_ERR_FORMAT, path + ": no tensor keys.0");
+    for (uint32_t l = 0; l < kv.n_layers; ++l) {
+        for (const char* kind : {"keys", "values"}) {
+            const auto& t = file.tensor(std::string(kind) + "." + std::to_string(l));
+            commvq::require(t.shape.size() == 3, COMMVQ_ERR_FORMAT,
+                            path + ": " + kind + "." + std::to_string(l) + " is not [T, Hkv, d]");
+            if (kv.n_tokens == 0) {
+                kv.n_tokens = t.shape[0];
+                kv.n_kv_heads = uint32_t(t.shape[1]);
+                kv.head_dim = uint32_t(t.shape[2]);
+            }
+            commvq::require(t.shape[0] == kv.n_tokens && t.shape[1] == kv.n_kv_heads && t.shape[2] == kv.head_dim,
+                            COMMVQ_ERR_FORMAT, path + ": " + kind + "." + std::to_string(l) + " has another shape");
+            std::vector<float> x = t.to_float();
+            std::vector<float>& dst = std::strcmp(kind, "keys") == 0 ? kv.keys : kv.values;
+            dst.insert(dst.end(), x.begin(), x.end());
+        }
+    }
+    return kv;
+}
+
+// Progress bar on stderr, redrawn at most every 0.2 s.
+class ProgressBar {
+public:
+    explicit ProgressBar(bool quiet) : quiet_(quiet), start_(Clock::now()), last_(start_) {}
+    bool update(const std::string& phase, double fraction, double detail) {
+        if (quiet_) return true;
+        auto now = Clock::now();
+        if (fraction < 1.0 && phase == phase_ && now - last_ < std::chrono::milliseconds(200)) return true;
+        phase_ = phase;
+        last_ = now;
+        double elapsed = std::chrono::duration<double>(now - start_).count();
+        double left = fraction > 0 ? elapsed * (1.0 - fraction) / fraction : 0.0;
+        constexpr int kWidth = 30;
+        int filled = int(fraction * kWidth);
+        std::fprintf(stderr, "\r[%-*s] %5.1f%% %-32s %s %.3e  elapsed %s  left %s\x1b[K", kWidth,
+                     std::string(size_t(filled), '#').c_str(), 100.0 * fraction, phase.c_str(),
+                     phase.rfind("keys", 0) == 0 ? "mse" : "loss", detail, clock(elapsed).c_str(),
+                     clock(left).c_str());
+        if (fraction >= 1.0) std::fputc('\n', stderr);
+        return true;
+    }
+    void finish() {
+        if (!quiet_) std::fputc('\n', stderr);
+    }
+
+private:
+    using Clock = std::chrono::steady_clock;
+    static std::string clock(double seconds) {
+        char buf[32];
+        long s = long(seconds + 0.5);
+        std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+        return buf;
+    }
+    bool quiet_;
+    Clock::time_point start_, last_;
+    std::string phase_;
+};
+
+// Key MSE after each stage and value MSE, per layer, of a codebook on a KV
+// file, through the library's own encoders (what the cache stores).
+void evaluate(const commvq::Codebook& cb, const KvFile& kv, const std::string& name) {
+    commvq::require(kv.n_layers >= cb.n_layers && kv.n_kv_heads == cb.n_kv_heads && kv.head_dim == cb.head_dim,
+                    COMMVQ_ERR_SHAPE_MISMATCH, name + ": shape differs from the codebook's");
+    const uint32_t H = cb.n_kv_heads, d = cb.head_dim, R = cb.key_stages, C = cb.sub_centers, D = cb.value_dim();
+    std::printf("evaluation on %s (%llu tokens)\n", name.c_str(), (unsigned long long)kv.n_tokens);
+    for (uint32_t l = 0; l < cb.n_layers; ++l) {
+        commvq::KeyEncoder keys(cb, l);
+        commvq::ValueEncoder values(cb, l);
+        std::vector<double> stage_err(size_t(H) * R, 0.0);
+        double value_err = 0;
+        std::vector<float> canonical(size_t(H) * d), approx(d), scratch(values.scratch_floats()), vhat(D);
+        std::vector<uint16_t> codes(size_t(H) * R);
+        std::vector<float> scales(cb.n_key_scales());
+        std::vector<uint8_t> bits(cb.value_code_bits() / 8);
+        for (uint64_t t = 0; t < kv.n_tokens; ++t) {
+            const float* k = kv.keys.data() + (size_t(l) * kv.n_tokens + t) * H * d;
+            for (uint32_t h = 0; h < H; ++h)
+                commvq::to_canonical(k + size_t(h) * d, d, cb.pair_layout, canonical.data() + size_t(h) * d);
+            keys.encode(canonical.data(), codes.data(), scales.data());
+            for (uint32_t h = 0; h < H; ++h) {
+                float s = scales[cb.scale_mode == COMMVQ_SCALE_HEAD ? h : 0];
+                std::fill(approx.begin(), approx.end(), 0.0f);
+                for (uint32_t r = 0; r < R; ++r) {
+                    uint16_t code = codes[size_t(h) * R + r];
+                    const float* za = cb.sub_center(l, h, r, code / C);
+                    const float* zb = cb.sub_center(l, h, r, code % C);
+                    double err = 0;
+                    for (uint32_t j = 0; j < d; j += 2) {
+                        approx[j] += za[j] - zb[j + 1];  // z_A + i z_B
+                        approx[j + 1] += za[j + 1] + zb[j];
+                        for (uint32_t e = j; e < j + 2; ++e) {
+                            double diff = double(canonical[size_t(h) * d + e]) - double(s) * approx[e];
+                            err += diff * diff;
+                        }
+                    }
+                    stage_err[size_t(h) * R + r] += err;
+                }
+            }
+            const float* v = kv.values.data() + (size_t(l) * kv.n_tokens + t) * D;
+            float w = 0;
+            values.encode(v, bits.data(), &w, scratch.data());
+            values.decode(bits.data(), w, vhat.data());
+            for (uint32_t c = 0; c < D; ++c) value_err += (double(vhat[c]) - v[c]) * (double(vhat[c]) - v[c]);
+        }
+        const double count = double(kv.n_tokens) * d;
+        for (uint32_t h = 0; h < H; ++h) {
+            std::printf("  layer %u head %u key MSE by stage:", l, h);
+            for (uint32_t r = 0; r < R; ++r) std::printf(" %.3e", stage_err[size_t(h) * R + r] / count);
+            std::printf("\n");
+        }
+        std::printf("  layer %u value MSE: %.4e\n", l, value_err / (double(kv.n_tokens) * D));
+    }
+}
+
+double parse_number(const std::string& flag, const char* text) {
+    char* end = nullptr;
+    double v = std::strtod(text, &end);
+    if (end == text || *end != '\0' || !std::isfinite(v)) usage_error(flag + " needs a number, got '" + text + "'");
+    return v;
+}
+
+uint64_t parse_count(const std::string& flag, const char* text) {
+    double v = parse_number(flag, text);
+    if (v < 0 || v != std::floor(v) || v > 1e18) usage_error(flag + " needs a non-negative integer, got '" + text + "'");
+    return uint64_t(v);
+}
+
+int run(int argc, char** argv) {
+    commvq::train::TrainOptions options;
+    std::string input, output, codebook_path;
+    std::vector<std::string> evals;
+    bool quiet = false;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        auto value = [&]() -> const char* {
+            if (i + 1 >= argc) usage_error(a + " needs a value");
+            return argv[++i];
+        };
+        if (a == "-h" || a == "--help") {
+            std::fputs(kUsage, stdout);
+            return 0;
+        } else if (a == "-i" || a == "--input") input = value();
+        else if (a == "-o" || a == "--output") output = value();
+        else if (a == "--codebook") codebook_path = value();
+        else if (a == "--eval") evals.push_back(value());
+        else if (a == "-q" || a == "--quiet") quiet = true;
+        else if (a == "--bits") {
+            options.value_bits = uint32_t(parse_count(a, value()));
+            if (options.value_bits != 1 && options.value_bits != 2) usage_error("--bits must be 1 or 2");
+        } else if (a == "--stages") options.key_stages = uint32_t(parse_count(a, value()));
+        else if (a == "--sub-centers") options.sub_centers = uint32_t(parse_count(a, value()));
+        else if (a == "--pairs") {
+            std::string p = value();
+            if (p == "rotate-half") options.pair_layout = COMMVQ_PAIRS_ROTATE_HALF;
+            else if (p == "interleaved") options.pair_layout = COMMVQ_PAIRS_INTERLEAVED;
+            else usage_error("--pairs must be rotate-half or interleaved");
+        } else if (a == "--scale") {
+            std::string s = value();
+            if (s == "token") options.scale_mode = COMMVQ_SCALE_TOKEN;
+            else if (s == "head") options.scale_mode = COMMVQ_SCALE_HEAD;
+            else usage_error("--scale must be token or head");
+        } else if (a == "--q-heads") options.n_q_heads = uint32_t(parse_count(a, value()));
+        else if (a == "--rope-theta") options.rope.theta = parse_number(a, value());
+        else if (a == "--rope-scaling") {
+            std::string s = value();
+            if (s == "none") options.rope.scaling = COMMVQ_ROPE_SCALING_NONE;
+            else if (s == "linear") options.rope.scaling = COMMVQ_ROPE_SCALING_LINEAR;
+            else if (s == "llama3") options.rope.scaling = COMMVQ_ROPE_SCALING_LLAMA3;
+            else usage_error("--rope-scaling must be none, linear or llama3");
+        } else if (a == "--rope-factor") options.rope.factor = parse_number(a, value());
+        else if (a == "--rope-low-freq-factor") options.rope.low_freq_factor = parse_number(a, value());
+        else if (a == "--rope-high-freq-factor") options.rope.high_freq_factor = parse_number(a, value());
+        else if (a == "--rope-original-max-position") options.rope.original_max_position = parse_number(a, value());
+        else if (a == "--model-name") options.model_name = value();
+        else if (a == "--max-samples") options.max_samples = parse_count(a, value());
+        else if (a == "--key-steps") options.key_max_steps = uint32_t(parse_count(a, value()));
+        else if (a == "--value-steps") options.value_steps = uint32_t(parse_count(a, value()));
+        else if (a == "--value-batch") options.value_batch = uint32_t(parse_count(a, value()));
+        else if (a == "--value-hidden") options.value_hidden = uint32_t(parse_count(a, value()));
+        else if (a == "--value-lr") options.value_lr = float(parse_number(a, value()));
+        else if (a == "--no-gumbel") options.value_gumbel = false;
+        else if (a == "--seed") options.seed = parse_count(a, value());
+        else if (a == "--threads") options.n_threads = uint32_t(parse_count(a, value()));
+        else usage_error("unknown option " + a);
+    }
+
+    commvq::Codebook cb;
+    if (!codebook_path.empty()) {
+        if (!input.empty() || !output.empty()) usage_error("--codebook evaluates; it takes no --input or --output");
+        if (evals.empty()) usage_error("--codebook needs at least one --eval FILE");
+        cb = commvq::load_codebook(codebook_path);
+    } else {
+        if (input.empty() || output.empty()) usage_error("--input and --output are required");
+        KvFile kv = read_kv(input);
+        std::fprintf(stderr, "%s: %u layers, %llu tokens, %u KV heads, head_dim %u\n", input.c_str(), kv.n_layers,
+                     (unsigned long long)kv.n_tokens, kv.n_kv_heads, kv.head_dim);
+        ProgressBar bar(quiet);
+        commvq::train::TrainReport report;
+        auto start = std::chrono::steady_clock::now();
+        cb = commvq::train::train_codebook(
+            options, kv.n_layers, kv.n_kv_heads, kv.head_dim, kv.n_tokens, kv.keys.data(), kv.values.data(),
+            [&](const std::string& phase, double fraction, double detail) { return bar.update(phase, fraction, detail); },
+            &report);
+        bar.finish();
+        double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        commvq::save_codebook(cb, output);
+        std::printf("wrote %s: %u layers, R=%u, C=%u, value bits %u, I=%u, trained on %llu tokens per layer in %.0f s\n",
+                    output.c_str(), cb.n_layers, cb.key_stages, cb.sub_centers, cb.value_bits, cb.value_hidden,
+                    (unsigned long long)report.samples, seconds);
+        std::printf("training data (dead sub-centers re-seeded: %llu)\n", (unsigned long long)report.reseeded);
+        for (uint32_t l = 0; l < cb.n_layers; ++l) {
+            for (uint32_t h = 0; h < cb.n_kv_heads; ++h) {
+                std::printf("  layer %u head %u key MSE by stage:", l, h);
+                for (double m : report.key_mse[l][h]) std::printf(" %.3e", m);
+                std::printf("  (EM steps:");
+                for (uint32_t s : report.key_steps[l][h]) std::printf(" %u", s);
+                std::printf(")\n");
+            }
+            std::printf("  layer %u value MSE: %.4e\n", l, report.value_mse[l]);
+        }
+    }
+    for (const std::string& path : evals) evaluate(cb, read_kv(path), path);
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const Error& e) {
+        std::fprintf(stderr, "\ncommvq-train: %s (status %d)\n", e.what(), int(e.status()));
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "\ncommvq-train: %s\n", e.what());
+        return 1;
+    }
+}
