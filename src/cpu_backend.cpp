@@ -10,9 +10,11 @@
 
 namespace commvq {
 
-// Tokens one work item of the encoder takes: enough to make handing out
-// items cheap, few enough to balance short appends over the threads.
-constexpr uint64_t kEncodeBatch = 8;
+// Tokens one work item of the encoder takes: one tile of the encoders (they
+// read their tables once per tile), few enough to balance short appends over
+// the threads.
+constexpr uint64_t kEncodeBatch = KeyEncoder::kTile;
+static_assert(KeyEncoder::kTile == ValueEncoder::kTile, "one work item is one tile of both encoders");
 
 std::unique_ptr<Backend> make_cpu_backend(const Codebook& cb, const BackendConfig& config) {
     return std::make_unique<CpuBackend>(cb, config);
@@ -32,31 +34,17 @@ CpuBackend::CpuBackend(const Codebook& cb, const BackendConfig& config)
         value_encoders_.emplace_back(cb, l);
     }
     encode_scratch_.resize(pool_.size());
+    // Each scratch holds one work item of kEncodeBatch tokens; encoder has
+    // the value encoder's scratch, then each token's key scales, weight and
+    // value code bits.
     for (auto& s : encode_scratch_) {
-        s.key.resize(cb.value_dim());
-        s.value.resize(cb.value_dim());
+        s.key.resize(kEncodeBatch * cb.value_dim());
+        s.value.resize(kEncodeBatch * cb.value_dim());
         s.token.resize(cb.value_dim());
-        s.codes.resize(size_t(cb.n_kv_heads) * cb.key_stages);
-        s.encoder.resize(value_encoders_[0].scratch_floats());
+        s.codes.resize(kEncodeBatch * cb.n_kv_heads * cb.key_stages);
+        s.encoder.resize(kEncodeBatch * (value_encoders_[0].scratch_floats() + cb.n_key_scales() + 1 +
+                                         (cb.value_code_bits() / 8 + 3) / 4));
     }
-}
-
-// One token into its slot: keys to the canonical pair layout, un-rotated to
-// pre-RoPE if the host hands over post-RoPE keys, then both encoders.
-void CpuBackend::encode_token(uint32_t layer, uint64_t position, const uint8_t* k,
-                              const uint8_t* v, TokenSlot slot, EncodeScratch& s) const {
-    const uint32_t d = cb_.head_dim, D = cb_.value_dim();
-    to_float(k, config_.io_dtype, D, s.token.data());
-    for (uint32_t g = 0; g < cb_.n_kv_heads; ++g) {
-        float* key = s.key.data() + size_t(g) * d;
-        to_canonical(s.token.data() + size_t(g) * d, d, cb_.pair_layout, key);
-        if (config_.key_convention == COMMVQ_KEYS_POST_ROPE) rope_.rotate(key, position, -1, key);
-    }
-    key_encoders_[layer].encode(s.key.data(), s.codes.data(), slot.key_scales);
-    pack_codes(s.codes.data(), s.codes.size(), cb_.code_bits(), slot.key_codes);
-    to_float(v, config_.io_dtype, D, s.value.data());
-    value_encoders_[layer].encode(s.value.data(), slot.value_codes, slot.value_weight,
-                                  s.encoder.data());
 }
 
 void CpuBackend::append(uint32_t layer, const LayerView& before, const LayerView& after,
@@ -73,10 +61,22 @@ void CpuBackend::append(uint32_t layer, const LayerView& before, const LayerView
     const uint64_t first = S + before.compressed;
     const uint64_t n_encode = after.compressed - before.compressed;
     const size_t n_items = (n_encode + kEncodeBatch - 1) / kEncodeBatch;
+    // Each work item: its tokens' keys to the canonical pair layout (un-
+    // rotated to pre-RoPE if the host hands over post-RoPE keys), both
+    // encoders over the tile, then codes, scales and weights into the slots.
+    const uint32_t d = cb_.head_dim, D = cb_.value_dim(), n_codes = cb_.n_kv_heads * cb_.key_stages;
+    const uint32_t n_scales = cb_.n_key_scales(), value_bytes = cb_.value_code_bits() / 8;
     pool_.parallel_for(n_items, [&](size_t item, unsigned thread) {
         const uint64_t p0 = first + item * kEncodeBatch;
-        const uint64_t p1 = std::min(first + n_encode, p0 + kEncodeBatch);
-        for (uint64_t p = p0; p < p1; ++p) {
+        const uint32_t n = uint32_t(std::min(first + n_encode, p0 + kEncodeBatch) - p0);
+        EncodeScratch& s = encode_scratch_[thread];
+        float* value_scratch = s.encoder.data();
+        float* scales = value_scratch + kEncodeBatch * value_encoders_[layer].scratch_floats();
+        float* weights = scales + kEncodeBatch * n_scales;
+        auto* value_bits = reinterpret_cast<uint8_t*>(weights + kEncodeBatch);
+        TokenSlot slots[kEncodeBatch];
+        for (uint32_t t = 0; t < n; ++t) {
+            const uint64_t p = p0 + t;
             const uint8_t *kp, *vp;
             if (p < before.length) {
                 kp = storage_.slot(seq, layer, p);
@@ -86,9 +86,23 @@ void CpuBackend::append(uint32_t layer, const LayerView& before, const LayerView
                 vp = v_in + (p - before.length) * half;
             }
             const uint64_t i = p - S;
-            uint8_t* block = storage_.block(layer, after.blocks[i / bt]);
-            encode_token(layer, p, kp, vp, token_slot(config_.layout, block, uint32_t(i % bt)),
-                         encode_scratch_[thread]);
+            slots[t] = token_slot(config_.layout, storage_.block(layer, after.blocks[i / bt]), uint32_t(i % bt));
+            to_float(kp, config_.io_dtype, D, s.token.data());
+            for (uint32_t g = 0; g < cb_.n_kv_heads; ++g) {
+                float* key = s.key.data() + size_t(t) * D + size_t(g) * d;
+                to_canonical(s.token.data() + size_t(g) * d, d, cb_.pair_layout, key);
+                if (config_.key_convention == COMMVQ_KEYS_POST_ROPE) rope_.rotate(key, p, -1, key);
+            }
+            to_float(vp, config_.io_dtype, D, s.value.data() + size_t(t) * D);
+        }
+        key_encoders_[layer].encode_tile(n, s.key.data(), D, s.codes.data(), n_codes, scales, n_scales);
+        value_encoders_[layer].encode_tile(n, s.value.data(), D, value_bits, value_bytes, weights, 1,
+                                             value_scratch);
+        for (uint32_t t = 0; t < n; ++t) {
+            pack_codes(s.codes.data() + size_t(t) * n_codes, n_codes, cb_.code_bits(), slots[t].key_codes);
+            std::memcpy(slots[t].key_scales, scales + size_t(t) * n_scales, 4 * size_t(n_scales));
+            std::memcpy(slots[t].value_codes, value_bits + size_t(t) * value_bytes, value_bytes);
+            std::memcpy(slots[t].value_weight, weights + t, 4);
         }
     });
 

@@ -38,7 +38,8 @@ public:
     void synchronize() override {}
 
 private:
-    // Per-thread working memory of the encoders.
+    // Per-thread working memory of the encoders, for one tile of
+    // KeyEncoder::kTile tokens (the sizes below are per token).
     struct EncodeScratch {
         std::vector<float> key;    // [n_kv_heads * head_dim] canonical, pre-RoPE
         std::vector<float> value;  // [D]
@@ -46,8 +47,6 @@ private:
         std::vector<uint16_t> codes;  // [n_kv_heads * key_stages]
         std::vector<float> encoder;   // ValueEncoder scratch
     };
-    void encode_token(uint32_t layer, uint64_t position, const uint8_t* k, const uint8_t* v,
-                      TokenSlot slot, EncodeScratch& s) const;
 
     const Codebook& cb_;
     BackendConfig config_;

@@ -3,7 +3,8 @@
 // the rows whose minimum lies within a proven float error bound of the best.
 // Only those candidates are re-evaluated in float64, which decides the code.
 // So the result is the float64 argmin (what a brute-force float64 search over
-// all centers finds) at close to float speed.
+// all centers finds) at close to float speed. Tokens go through in tiles
+// (encode_tile): a stage's float pass reads its sub-centers once per tile.
 #include "key_encoder.h"
 
 #include <cmath>
@@ -16,12 +17,14 @@ namespace commvq {
 
 namespace {
 
-// Float costs of one stage: dot products of t with every sub-center (sub-
-// centers transposed, [d][C], so each inner loop is one vector operation),
-// then the minimum over B of alpha_A + beta_B + gamma_{A,B} for each A.
+// Float costs of one stage, first the dot products of t with every sub-
+// center (sub-centers transposed, [d][C], so each inner loop is one vector
+// operation): alpha_a = ||z_a||^2 - 2 <t, z_a>, beta_a = ||z_a||^2 - 2 <t, i z_a>.
 COMMVQ_VECTOR_CLONES
-void float_row_minima(uint32_t C, uint32_t d, const float* zt, const float* norm, const float* gamma,
-                      const float* t, float* dot_a, float* dot_b, float* row_min) {
+void float_alpha_beta(uint32_t C, uint32_t d, const float* zt, const float* norm, const float* t, float* alpha,
+                      float* beta) {
+    float* dot_a = alpha;
+    float* dot_b = beta;
     for (uint32_t a = 0; a < C; ++a) dot_a[a] = dot_b[a] = 0.0f;
     for (uint32_t j = 0; j < d / 2; ++j) {
         const float re = t[2 * j], im = t[2 * j + 1];
@@ -32,15 +35,57 @@ void float_row_minima(uint32_t C, uint32_t d, const float* zt, const float* norm
             dot_b[a] += im * z_re[a] - re * z_im[a];  // <t, i z_a> = <-i t, z_a>, -i (x, y) = (y, -x)
         }
     }
-    float* alpha = dot_a;
-    float* beta = dot_b;
     for (uint32_t a = 0; a < C; ++a) {
         alpha[a] = norm[a] - 2.0f * dot_a[a];
         beta[a] = norm[a] - 2.0f * dot_b[a];
     }
-    // gamma is antisymmetric (gamma_{A,B} = -gamma_{B,A}), so row B of the
-    // table, negated, is column B: the minimum over B then runs as one
-    // vector operation across all rows A at once.
+}
+
+// The same for four tokens at once (t[i] is token i's [d]): the dot products
+// of eight sub-centers with four tokens stay in registers over all of d, and
+// each sub-center element is loaded once for the four tokens.
+COMMVQ_VECTOR_CLONES
+void float_alpha_beta4(uint32_t C, uint32_t d, const float* zt, const float* norm, const float* const* t,
+                       float* const* alpha, float* const* beta) {
+    constexpr uint32_t kTokens = 4;
+    const uint32_t body = C / 8 * 8;
+    for (uint32_t a0 = 0; a0 < body; a0 += 8) {
+        F8 dot_a[kTokens] = {}, dot_b[kTokens] = {};
+        for (uint32_t j = 0; j < d / 2; ++j) {
+            const F8 z_re = load8(zt + size_t(2 * j) * C + a0);
+            const F8 z_im = load8(zt + size_t(2 * j + 1) * C + a0);
+#pragma GCC unroll 4
+            for (uint32_t i = 0; i < kTokens; ++i) {
+                const float re = t[i][2 * j], im = t[i][2 * j + 1];
+                dot_a[i] += re * z_re + im * z_im;
+                dot_b[i] += im * z_re - re * z_im;
+            }
+        }
+        const F8 n = load8(norm + a0);
+        for (uint32_t i = 0; i < kTokens; ++i) {
+            store8(alpha[i] + a0, n - 2.0f * dot_a[i]);
+            store8(beta[i] + a0, n - 2.0f * dot_b[i]);
+        }
+    }
+    for (uint32_t a = body; a < C; ++a)  // C not a multiple of 8
+        for (uint32_t i = 0; i < kTokens; ++i) {
+            float dot_a = 0.0f, dot_b = 0.0f;
+            for (uint32_t j = 0; j < d / 2; ++j) {
+                const float re = t[i][2 * j], im = t[i][2 * j + 1];
+                dot_a += re * zt[size_t(2 * j) * C + a] + im * zt[size_t(2 * j + 1) * C + a];
+                dot_b += im * zt[size_t(2 * j) * C + a] - re * zt[size_t(2 * j + 1) * C + a];
+            }
+            alpha[i][a] = norm[a] - 2.0f * dot_a;
+            beta[i][a] = norm[a] - 2.0f * dot_b;
+        }
+}
+
+// The minimum over B of alpha_A + beta_B + gamma_{A,B} for each A. gamma is
+// antisymmetric (gamma_{A,B} = -gamma_{B,A}), so row B of the table, negated,
+// is column B: the minimum over B then runs as one vector operation across
+// all rows A at once.
+COMMVQ_VECTOR_CLONES
+void float_row_minima(uint32_t C, const float* gamma, const float* alpha, const float* beta, float* row_min) {
     for (uint32_t A = 0; A < C; ++A) row_min[A] = INFINITY;
     for (uint32_t B = 0; B < C; ++B) {
         const float beta_b = beta[B];
@@ -52,14 +97,54 @@ void float_row_minima(uint32_t C, uint32_t d, const float* zt, const float* norm
     }
 }
 
+// float64 alpha_a = ||z_a||^2 - 2 <t, z_a> (beta: false) or beta_a =
+// ||z_a||^2 - 2 <t, i z_a> (beta: true) for the sub-centers a listed in
+// which[0..n), into out[a]. Each dot product is summed pair by pair in the
+// order of the definition; four run side by side only to overlap their
+// latencies, which changes no rounding.
+void exact_alpha_beta(bool beta, uint32_t P, const double* t, const float* centers, size_t stride,
+                      const double* norm, const uint32_t* which, uint32_t n, double* out) {
+    uint32_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float* z[4];
+        for (uint32_t q = 0; q < 4; ++q) z[q] = centers + which[i + q] * stride;
+        double dot[4] = {0, 0, 0, 0};
+        for (uint32_t j = 0; j < P; ++j)
+            for (uint32_t q = 0; q < 4; ++q)
+                dot[q] += beta ? t[2 * j + 1] * z[q][2 * j] - t[2 * j] * z[q][2 * j + 1]
+                               : t[2 * j] * z[q][2 * j] + t[2 * j + 1] * z[q][2 * j + 1];
+        for (uint32_t q = 0; q < 4; ++q) out[which[i + q]] = norm[which[i + q]] - 2 * dot[q];
+    }
+    for (; i < n; ++i) {
+        const float* z = centers + which[i] * stride;
+        double dot = 0;
+        for (uint32_t j = 0; j < P; ++j)
+            dot += beta ? t[2 * j + 1] * z[2 * j] - t[2 * j] * z[2 * j + 1]
+                        : t[2 * j] * z[2 * j] + t[2 * j + 1] * z[2 * j + 1];
+        out[which[i]] = norm[which[i]] - 2 * dot;
+    }
+}
+
 }  // namespace
 
+// Working memory of one tile of tokens.
 struct KeyEncoder::Work {
-    std::vector<double> residual;              // t, [d]
-    std::vector<float> t;                      // t in float, [d]
-    std::vector<float> dot_a, dot_b, row_min;  // float pass, [C]
-    std::vector<double> alpha, beta;           // float64 alpha_A, beta_B, computed on demand; NaN = not yet
-    Work(uint32_t d, uint32_t C) : residual(d), t(d), dot_a(C), dot_b(C), row_min(C), alpha(C), beta(C) {}
+    uint32_t d, C;
+    std::vector<double> scale;                  // [kTile][Hkv] each token's scale of each head
+    std::vector<double> residual;               // t, [kTile][d]
+    std::vector<float> t;                       // t in float, [kTile][d]
+    std::vector<double> t_norm2;                // ||t||^2, [kTile]
+    std::vector<float> alpha_f, beta_f;         // float pass, [kTile][C]
+    std::vector<float> row_min;                 // float pass, [C]
+    std::vector<double> alpha, beta;            // float64 alpha_A, beta_B of the candidates, [C]
+    std::vector<uint32_t> candidates;           // codes A * C + B within the float bound, increasing, [C*C]
+    std::vector<uint8_t> need_a, need_b;        // whether a candidate has A = a / B = b, [C]
+    std::vector<uint32_t> list_a, list_b;       // those a / b, [C]
+    std::vector<uint32_t> code;                 // the stage's codes, [kTile]
+    Work(uint32_t H, uint32_t d_, uint32_t C_)
+        : d(d_), C(C_), scale(size_t(kTile) * H), residual(size_t(kTile) * d), t(size_t(kTile) * d),
+          t_norm2(kTile), alpha_f(size_t(kTile) * C), beta_f(size_t(kTile) * C), row_min(C), alpha(C), beta(C),
+          candidates(size_t(C) * C), need_a(C), need_b(C), list_a(C), list_b(C), code(kTile) {}
 };
 
 KeyEncoder::KeyEncoder(const Codebook& cb, uint32_t layer) : cb_(cb), layer_(layer) {
@@ -70,6 +155,8 @@ KeyEncoder::KeyEncoder(const Codebook& cb, uint32_t layer) : cb_(cb), layer_(lay
     centers_t_.resize(size_t(H) * R * d * C);
     norms_.resize(size_t(H) * R * C);
     max_norm_.resize(size_t(H) * R);
+    cross_.resize(size_t(H) * R * C * C);
+    const uint32_t P = cb.pairs();
     for (uint32_t h = 0; h < H; ++h)
         for (uint32_t r = 0; r < R; ++r) {
             const size_t hr = size_t(h) * R + r;
@@ -86,44 +173,64 @@ KeyEncoder::KeyEncoder(const Codebook& cb, uint32_t layer) : cb_(cb), layer_(lay
                 max_norm2 = std::max(max_norm2, nn);
             }
             max_norm_[hr] = std::sqrt(max_norm2);
+            for (uint32_t A = 0; A < C; ++A) {
+                const float* za = cb.sub_center(layer, h, r, A);
+                for (uint32_t B = 0; B < C; ++B) {
+                    const float* zb = cb.sub_center(layer, h, r, B);
+                    double cross = 0;  // <z_A, i z_B>
+                    for (uint32_t j = 0; j < P; ++j)
+                        cross += double(za[2 * j + 1]) * zb[2 * j] - double(za[2 * j]) * zb[2 * j + 1];
+                    cross_[(hr * C + A) * C + B] = cross;
+                }
+            }
         }
 }
 
-// alpha_A + beta_B + gamma_{A,B} in float64, each term from its definition.
-double KeyEncoder::exact_cost(uint32_t head, uint32_t stage, uint32_t A, uint32_t B, const double* t,
-                              Work& w) const {
-    const uint32_t P = cb_.pairs(), C = cb_.sub_centers;
-    const size_t hr = size_t(head) * cb_.key_stages + stage;
-    const float* za = cb_.sub_center(layer_, head, stage, A);
-    const float* zb = cb_.sub_center(layer_, head, stage, B);
-    if (std::isnan(w.alpha[A])) {
-        double dot = 0;  // <t, z_A>
-        for (uint32_t j = 0; j < P; ++j) dot += t[2 * j] * za[2 * j] + t[2 * j + 1] * za[2 * j + 1];
-        w.alpha[A] = norms_[hr * C + A] - 2 * dot;
-    }
-    if (std::isnan(w.beta[B])) {
-        double dot = 0;  // <t, i z_B>
-        for (uint32_t j = 0; j < P; ++j) dot += t[2 * j + 1] * zb[2 * j] - t[2 * j] * zb[2 * j + 1];
-        w.beta[B] = norms_[hr * C + B] - 2 * dot;
-    }
-    double cross = 0;  // <z_A, i z_B>
-    for (uint32_t j = 0; j < P; ++j) cross += double(za[2 * j + 1]) * zb[2 * j] - double(za[2 * j]) * zb[2 * j + 1];
-    return w.alpha[A] + w.beta[B] + 2 * cross;
-}
-
-// ||t - c_{A,B}||^2 = ||t||^2 + alpha_A + beta_B + gamma_{A,B} (SPEC.md).
-uint32_t KeyEncoder::best_code(uint32_t head, uint32_t stage, const double* t, Work& w) const {
+// The float pass of a stage for tokens 0..m-1 of the tile, then each
+// token's exact search among its candidates.
+void KeyEncoder::search_stage(uint32_t head, uint32_t stage, uint32_t m, Work& w) const {
     const uint32_t C = cb_.sub_centers, d = cb_.head_dim;
     const size_t hr = size_t(head) * cb_.key_stages + stage;
-    double t_norm2 = 0;
-    for (uint32_t k = 0; k < d; ++k) {
-        w.t[k] = float(t[k]);
-        t_norm2 += t[k] * t[k];
+    for (uint32_t i = 0; i < m; ++i) {
+        const double* t = w.residual.data() + size_t(i) * d;
+        float* tf = w.t.data() + size_t(i) * d;
+        double t_norm2 = 0;
+        for (uint32_t k = 0; k < d; ++k) {
+            tf[k] = float(t[k]);
+            t_norm2 += t[k] * t[k];
+        }
+        w.t_norm2[i] = t_norm2;
     }
+    const float* zt = centers_t_.data() + hr * d * C;
     const float* norm_f = cb_.norms[layer_].data() + hr * C;
+    uint32_t i = 0;
+    for (; i + 4 <= m; i += 4) {
+        const float* t[4];
+        float* alpha[4];
+        float* beta[4];
+        for (uint32_t q = 0; q < 4; ++q) {
+            t[q] = w.t.data() + size_t(i + q) * d;
+            alpha[q] = w.alpha_f.data() + size_t(i + q) * C;
+            beta[q] = w.beta_f.data() + size_t(i + q) * C;
+        }
+        float_alpha_beta4(C, d, zt, norm_f, t, alpha, beta);
+    }
+    for (; i < m; ++i)
+        float_alpha_beta(C, d, zt, norm_f, w.t.data() + size_t(i) * d, w.alpha_f.data() + size_t(i) * C,
+                         w.beta_f.data() + size_t(i) * C);
+    for (i = 0; i < m; ++i) w.code[i] = best_code(head, stage, i, w);
+}
+
+// ||t - c_{A,B}||^2 = ||t||^2 + alpha_A + beta_B + gamma_{A,B} (SPEC.md),
+// for token i of the tile, whose float alpha and beta are computed.
+uint32_t KeyEncoder::best_code(uint32_t head, uint32_t stage, uint32_t i, Work& w) const {
+    const uint32_t C = cb_.sub_centers, d = cb_.head_dim;
+    const size_t hr = size_t(head) * cb_.key_stages + stage;
+    const double* t = w.residual.data() + size_t(i) * d;
     const float* gamma_f = cb_.cross[layer_].data() + hr * C * C;
-    float_row_minima(C, d, centers_t_.data() + hr * d * C, norm_f, gamma_f, w.t.data(), w.dot_a.data(),
-                     w.dot_b.data(), w.row_min.data());
+    const float* alpha_f = w.alpha_f.data() + size_t(i) * C;
+    const float* beta_f = w.beta_f.data() + size_t(i) * C;
+    float_row_minima(C, gamma_f, alpha_f, beta_f, w.row_min.data());
     float best_f = INFINITY;
     for (uint32_t A = 0; A < C; ++A) best_f = std::min(best_f, w.row_min[A]);
 
@@ -134,67 +241,128 @@ uint32_t KeyEncoder::best_code(uint32_t head, uint32_t stage, const double* t, W
     // Every code whose exact cost is the minimum has a float cost within
     // 2 * bound of the float minimum, so it is among the candidates.
     const double u = std::ldexp(1.0, -24), zmax = max_norm_[hr];
-    const double bound = 2 * u * (16 * zmax * zmax + (4.0 * d + 32) * std::sqrt(t_norm2) * zmax);
-    const double limit = double(best_f) + 2 * bound;
+    const double bound = 2 * u * (16 * zmax * zmax + (4.0 * d + 32) * std::sqrt(w.t_norm2[i]) * zmax);
+    double limit = double(best_f) + 2 * bound;
 
-    std::fill(w.alpha.begin(), w.alpha.end(), NAN);
-    std::fill(w.beta.begin(), w.beta.end(), NAN);
-    const float* dot_alpha = w.dot_a.data();  // float_row_minima left alpha and beta here
-    const float* dot_beta = w.dot_b.data();
-    double best = INFINITY;
-    uint32_t best_code = 0;
+    const uint32_t P = cb_.pairs();
+    const float* centers = cb_.sub_center(layer_, head, stage, 0);
+    const size_t stride = d;  // sub-centers are [C][d]
+    const double* norm = norms_.data() + hr * C;
+    const double* cross = cross_.data() + hr * C * C;
+
+    // The exact cost e of the code with the least float cost is at least the
+    // minimum; a code whose float cost exceeds e + bound costs more than e
+    // exactly, so it can be neither the minimum nor tied with it. The window
+    // above the float minimum shrinks from two bounds to one bound plus that
+    // code's actual float error, usually far below a bound.
+    uint32_t A0 = 0, B0 = 0;
+    while (A0 + 1 < C && !(w.row_min[A0] == best_f)) ++A0;
+    {
+        const float* g = gamma_f + size_t(A0) * C;
+        float v0 = INFINITY;
+        for (uint32_t B = 0; B < C; ++B) {
+            const float v = alpha_f[A0] + (beta_f[B] + g[B]);
+            if (v < v0) {
+                v0 = v;
+                B0 = B;
+            }
+        }
+    }
+    exact_alpha_beta(false, P, t, centers, stride, norm, &A0, 1, w.alpha.data());
+    exact_alpha_beta(true, P, t, centers, stride, norm, &B0, 1, w.beta.data());
+    const double e0 = w.alpha[A0] + w.beta[B0] + 2 * cross[size_t(A0) * C + B0];
+    if (e0 + bound < limit) limit = e0 + bound;  // false for a NaN e0: keeps the wider window
+
+    // The candidates, then float64 alpha_A and beta_B for those that occur,
+    // then the exact costs alpha_A + beta_B + gamma_{A,B}, each term from its
+    // definition (gamma_{A,B} = 2 <z_A, i z_B>, precomputed).
+    uint32_t n_candidates = 0;
+    std::fill(w.need_a.begin(), w.need_a.end(), 0);
+    std::fill(w.need_b.begin(), w.need_b.end(), 0);
     for (uint32_t A = 0; A < C; ++A) {
         if (!(double(w.row_min[A]) <= limit)) continue;
         const float* g = gamma_f + size_t(A) * C;
         for (uint32_t B = 0; B < C; ++B) {
-            const float v = dot_alpha[A] + (dot_beta[B] + g[B]);
+            const float v = alpha_f[A] + (beta_f[B] + g[B]);
             if (!(double(v) <= limit)) continue;
-            const double cost = exact_cost(head, stage, A, B, t, w);
-            if (cost < best) {  // codes in increasing order: ties keep the lower code
-                best = cost;
-                best_code = A * C + B;
-            }
+            w.candidates[n_candidates++] = A * C + B;
+            w.need_a[A] = w.need_b[B] = 1;
+        }
+    }
+    uint32_t n_a = 0, n_b = 0;
+    for (uint32_t a = 0; a < C; ++a) {
+        if (w.need_a[a]) w.list_a[n_a++] = a;
+        if (w.need_b[a]) w.list_b[n_b++] = a;
+    }
+    exact_alpha_beta(false, P, t, centers, stride, norm, w.list_a.data(), n_a, w.alpha.data());
+    exact_alpha_beta(true, P, t, centers, stride, norm, w.list_b.data(), n_b, w.beta.data());
+    double best = INFINITY;
+    uint32_t best_code = 0;
+    for (uint32_t c = 0; c < n_candidates; ++c) {
+        const uint32_t code = w.candidates[c];
+        const double cost = w.alpha[code / C] + w.beta[code % C] + 2 * cross[code];
+        if (cost < best) {  // codes in increasing order: ties keep the lower code
+            best = cost;
+            best_code = code;
         }
     }
     return best_code;
 }
 
-void KeyEncoder::encode_head(uint32_t head, const float* k, double scale, uint16_t* codes, Work& w) const {
-    const uint32_t C = cb_.sub_centers, d = cb_.head_dim, R = cb_.key_stages;
-    std::vector<double>& t = w.residual;
-    for (uint32_t i = 0; i < d; ++i) t[i] = scale > 0 ? k[i] / scale : 0.0;
-    for (uint32_t r = 0; r < R; ++r) {
-        const uint32_t code = best_code(head, r, t.data(), w);
-        codes[r] = uint16_t(code);
-        const float* za = cb_.sub_center(layer_, head, r, code / C);
-        const float* zb = cb_.sub_center(layer_, head, r, code % C);
-        for (uint32_t j = 0; j < d / 2; ++j) {  // t -= z_A + i z_B
-            t[2 * j] -= double(za[2 * j]) - double(zb[2 * j + 1]);
-            t[2 * j + 1] -= double(za[2 * j + 1]) + double(zb[2 * j]);
-        }
-    }
+void KeyEncoder::encode(const float* k, uint16_t* codes, float* scales) const {
+    encode_tile(1, k, 0, codes, 0, scales, 0);
 }
 
 // A zero key (scale 0) is encoded as t = 0: its codes name the centers
 // nearest the origin, its scale is 0, and it decodes to exactly zero.
 // Non-finite input gives a non-finite scale (codes stay in range).
-void KeyEncoder::encode(const float* k, uint16_t* codes, float* scales) const {
-    const uint32_t H = cb_.n_kv_heads, d = cb_.head_dim, R = cb_.key_stages;
-    Work w(d, cb_.sub_centers);
+void KeyEncoder::encode_tile(uint32_t n, const float* k, size_t k_stride, uint16_t* codes, size_t codes_stride,
+                             float* scales, size_t scales_stride) const {
+    const uint32_t H = cb_.n_kv_heads, d = cb_.head_dim, R = cb_.key_stages, C = cb_.sub_centers;
+    Work w(H, d, C);
     auto norm_of = [d](const float* x, uint32_t n_heads) {
         double s = 0;
         for (size_t i = 0; i < size_t(n_heads) * d; ++i) s += double(x[i]) * x[i];
         return std::sqrt(s);
     };
-    if (cb_.scale_mode == COMMVQ_SCALE_TOKEN) {
-        const double s = norm_of(k, H);
-        scales[0] = float(s);
-        for (uint32_t h = 0; h < H; ++h) encode_head(h, k + size_t(h) * d, s, codes + size_t(h) * R, w);
-    } else {
+    for (uint32_t t0 = 0; t0 < n; t0 += kTile) {
+        const uint32_t m = std::min(kTile, n - t0);
+        for (uint32_t i = 0; i < m; ++i) {
+            const float* ki = k + (t0 + i) * k_stride;
+            float* si = scales + (t0 + i) * scales_stride;
+            if (cb_.scale_mode == COMMVQ_SCALE_TOKEN) {
+                const double s = norm_of(ki, H);
+                si[0] = float(s);
+                for (uint32_t h = 0; h < H; ++h) w.scale[size_t(i) * H + h] = s;
+            } else {
+                for (uint32_t h = 0; h < H; ++h) {
+                    const double s = norm_of(ki + size_t(h) * d, 1);
+                    si[h] = float(s);
+                    w.scale[size_t(i) * H + h] = s;
+                }
+            }
+        }
         for (uint32_t h = 0; h < H; ++h) {
-            const double s = norm_of(k + size_t(h) * d, 1);
-            scales[h] = float(s);
-            encode_head(h, k + size_t(h) * d, s, codes + size_t(h) * R, w);
+            for (uint32_t i = 0; i < m; ++i) {
+                const float* kh = k + (t0 + i) * k_stride + size_t(h) * d;
+                const double scale = w.scale[size_t(i) * H + h];
+                double* t = w.residual.data() + size_t(i) * d;
+                for (uint32_t x = 0; x < d; ++x) t[x] = scale > 0 ? kh[x] / scale : 0.0;
+            }
+            for (uint32_t r = 0; r < R; ++r) {
+                search_stage(h, r, m, w);
+                for (uint32_t i = 0; i < m; ++i) {
+                    const uint32_t code = w.code[i];
+                    codes[(t0 + i) * codes_stride + size_t(h) * R + r] = uint16_t(code);
+                    const float* za = cb_.sub_center(layer_, h, r, code / C);
+                    const float* zb = cb_.sub_center(layer_, h, r, code % C);
+                    double* t = w.residual.data() + size_t(i) * d;
+                    for (uint32_t j = 0; j < d / 2; ++j) {  // t -= z_A + i z_B
+                        t[2 * j] -= double(za[2 * j]) - double(zb[2 * j + 1]);
+                        t[2 * j + 1] -= double(za[2 * j + 1]) + double(zb[2 * j]);
+                    }
+                }
+            }
         }
     }
 }

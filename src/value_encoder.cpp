@@ -1,5 +1,6 @@
 #include "value_encoder.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -21,22 +22,51 @@ constexpr uint8_t kOptionBits[4] = {0b01, 0b10, 0b11, 0b00};
 // would otherwise keep the compiler from vectorizing a sum).
 COMMVQ_VECTOR_CLONES
 void linear(const float* W, const float* b, const float* x, uint32_t rows, uint32_t cols, float* y) {
-    typedef float Lanes __attribute__((vector_size(32)));
     constexpr uint32_t kLanes = 8;
     const uint32_t body = cols / kLanes * kLanes;
     for (uint32_t i = 0; i < rows; ++i) {
         const float* w = W + size_t(i) * cols;
-        Lanes acc = {};
-        for (uint32_t k = 0; k < body; k += kLanes) {
-            Lanes wv, xv;
-            std::memcpy(&wv, w + k, sizeof wv);  // unaligned loads
-            std::memcpy(&xv, x + k, sizeof xv);
-            acc += wv * xv;
-        }
+        F8 acc = {};
+        for (uint32_t k = 0; k < body; k += kLanes) acc += load8(w + k) * load8(x + k);
         float sum = b[i];
         for (uint32_t k = body; k < cols; ++k) sum += w[k] * x[k];
         y[i] = sum + (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])));
     }
+}
+
+// The same for a full tile of kTile tokens: one vector register of partial
+// sums per token, and each row of W loaded once for the whole tile. Every
+// token's arithmetic is that of linear, so results do not depend on tiling.
+COMMVQ_VECTOR_CLONES
+void linear_tile(const float* W, const float* b, const float* const* x, uint32_t rows, uint32_t cols,
+                 float* const* y) {
+    constexpr uint32_t kTile = ValueEncoder::kTile, kLanes = 8;
+    const uint32_t body = cols / kLanes * kLanes;
+    for (uint32_t i = 0; i < rows; ++i) {
+        const float* w = W + size_t(i) * cols;
+        F8 acc[kTile] = {};
+        for (uint32_t k = 0; k < body; k += kLanes) {
+            const F8 wv = load8(w + k);
+#pragma GCC unroll 8
+            for (uint32_t t = 0; t < kTile; ++t) acc[t] += wv * load8(x[t] + k);
+        }
+        for (uint32_t t = 0; t < kTile; ++t) {
+            float sum = b[i];
+            for (uint32_t k = body; k < cols; ++k) sum += w[k] * x[t][k];
+            const F8& a = acc[t];
+            y[t][i] = sum + (((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])));
+        }
+    }
+}
+
+// y_t = W x_t + b for n tokens: a full tile at once, fewer one by one.
+void linear_tokens(const float* W, const float* b, const float* const* x, uint32_t n, uint32_t rows,
+                   uint32_t cols, float* const* y) {
+    if (n == ValueEncoder::kTile) {
+        linear_tile(W, b, x, rows, cols, y);
+        return;
+    }
+    for (uint32_t t = 0; t < n; ++t) linear(W, b, x[t], rows, cols, y[t]);
 }
 
 }  // namespace
@@ -51,54 +81,106 @@ size_t ValueEncoder::scratch_floats() const {
 }
 
 void ValueEncoder::encode(const float* v, uint8_t* bits, float* weight, float* scratch) const {
+    encode_some(1, &v, &bits, &weight, scratch);
+}
+
+void ValueEncoder::encode_tile(uint32_t n, const float* v, size_t v_stride, uint8_t* bits, size_t bits_stride,
+                               float* weights, size_t weight_stride, float* scratch) const {
+    for (uint32_t t0 = 0; t0 < n; t0 += kTile) {
+        const uint32_t m = std::min(kTile, n - t0);
+        const float* vs[kTile];
+        uint8_t* bs[kTile];
+        float* ws[kTile];
+        for (uint32_t t = 0; t < m; ++t) {
+            vs[t] = v + (t0 + t) * v_stride;
+            bs[t] = bits + (t0 + t) * bits_stride;
+            ws[t] = weights + (t0 + t) * weight_stride;
+        }
+        encode_some(m, vs, bs, ws, scratch);
+    }
+}
+
+void ValueEncoder::encode_some(uint32_t n, const float* const* v, uint8_t* const* bits, float* const* weights,
+                               float* scratch) const {
     const ValueCodebook& vc = cb_.layers[layer_].values;
-    const uint32_t D = cb_.value_dim(), I = cb_.value_hidden, n = cb_.value_groups();
-    float* u = scratch;
-    float* hidden = u + D;
-    float* logits = hidden + I;
+    const uint32_t D = cb_.value_dim(), I = cb_.value_hidden, n_groups = cb_.value_groups();
+    float* u[kTile] = {};
+    float* hidden[kTile] = {};
+    float* logits[kTile] = {};
+    double sigma[kTile];
+    for (uint32_t t = 0; t < n; ++t) {
+        u[t] = scratch + t * scratch_floats();
+        hidden[t] = u[t] + D;
+        logits[t] = hidden[t] + I;
 
-    // Per-channel scale, then the token's norm sigma: the encoder sees a unit vector.
-    double sigma2 = 0;
-    for (uint32_t c = 0; c < D; ++c) {
-        u[c] = v[c] / (vc.lambda[c] + kValueEps);
-        sigma2 += double(u[c]) * u[c];
+        // Per-channel scale, then the token's norm sigma: the encoder sees a unit vector.
+        float* ut = u[t];
+        double sigma2 = 0;
+        for (uint32_t c = 0; c < D; ++c) {
+            ut[c] = v[t][c] / (vc.lambda[c] + kValueEps);
+            sigma2 += double(ut[c]) * ut[c];
+        }
+        sigma[t] = std::sqrt(sigma2);
+        double mean = 0;
+        for (uint32_t c = 0; c < D; ++c) {
+            ut[c] = float(ut[c] / (sigma[t] + kValueEps));
+            mean += ut[c];
+        }
+        mean /= D;
+        double var = 0;
+        for (uint32_t c = 0; c < D; ++c) var += (ut[c] - mean) * (ut[c] - mean);
+        const double inv_std = 1.0 / std::sqrt(var / D + kLayerNormEps);
+        for (uint32_t c = 0; c < D; ++c) ut[c] = float((ut[c] - mean) * inv_std * vc.norm_weight[c] + vc.norm_bias[c]);
     }
-    const double sigma = std::sqrt(sigma2);
-    double mean = 0;
-    for (uint32_t c = 0; c < D; ++c) {
-        u[c] = float(u[c] / (sigma + kValueEps));
-        mean += u[c];
-    }
-    mean /= D;
-    double var = 0;
-    for (uint32_t c = 0; c < D; ++c) var += (u[c] - mean) * (u[c] - mean);
-    const double inv_std = 1.0 / std::sqrt(var / D + kLayerNormEps);
-    for (uint32_t c = 0; c < D; ++c) u[c] = float((u[c] - mean) * inv_std * vc.norm_weight[c] + vc.norm_bias[c]);
 
-    linear(vc.enc1_weight.data(), vc.enc1_bias.data(), u, I, D, hidden);
-    for (uint32_t i = 0; i < I; ++i) {
-        const double x = hidden[i];
-        hidden[i] = float(0.5 * x * (1.0 + std::erf(x * M_SQRT1_2)));
-    }
-    linear(vc.enc2_weight.data(), vc.enc2_bias.data(), hidden, 4 * n, I, logits);
+    linear_tokens(vc.enc1_weight.data(), vc.enc1_bias.data(), u, n, I, D, hidden);
+    for (uint32_t t = 0; t < n; ++t)
+        for (uint32_t i = 0; i < I; ++i) {
+            const double x = hidden[t][i];
+            hidden[t][i] = float(0.5 * x * (1.0 + std::erf(x * M_SQRT1_2)));
+        }
+    linear_tokens(vc.enc2_weight.data(), vc.enc2_bias.data(), hidden, n, 4 * n_groups, I, logits);
 
     const uint32_t n_bytes = cb_.value_code_bits() / 8;
-    for (uint32_t i = 0; i < n_bytes; ++i) bits[i] = 0;
-    for (uint32_t g = 0; g < n; ++g) {
-        const float* l = logits + 4 * size_t(g);
-        uint32_t best = 0;
-        for (uint32_t o = 1; o < 4; ++o)
-            if (l[o] > l[best]) best = o;  // strict: ties keep the lower option
-        const uint32_t bit = 2 * g;  // 2 bits per group, never straddling a byte
-        bits[bit / 8] |= uint8_t(kOptionBits[best] << (bit % 8));
+    for (uint32_t t = 0; t < n; ++t) {
+        uint8_t* b = bits[t];
+        for (uint32_t i = 0; i < n_bytes; ++i) b[i] = 0;
+        for (uint32_t g = 0; g < n_groups; ++g) {
+            const float* l = logits[t] + 4 * size_t(g);
+            uint32_t best = 0;
+            for (uint32_t o = 1; o < 4; ++o)
+                if (l[o] > l[best]) best = o;  // strict: ties keep the lower option
+            const uint32_t bit = 2 * g;  // 2 bits per group, never straddling a byte
+            b[bit / 8] |= uint8_t(kOptionBits[best] << (bit % 8));
+        }
     }
 
     // w = (sigma + eps) / (||y|| + eps), y = sum_i bit_i E_i; u is free again.
-    float* y = u;
-    sum_codewords(bits, y);
-    double y2 = 0;
-    for (uint32_t c = 0; c < D; ++c) y2 += double(y[c]) * y[c];
-    *weight = float((sigma + kValueEps) / (std::sqrt(y2) + kValueEps));
+    sum_codewords_tile(n, bits, u);
+    for (uint32_t t = 0; t < n; ++t) {
+        const float* y = u[t];
+        double y2 = 0;
+        for (uint32_t c = 0; c < D; ++c) y2 += double(y[c]) * y[c];
+        *weights[t] = float((sigma[t] + kValueEps) / (std::sqrt(y2) + kValueEps));
+    }
+}
+
+// y_t = sum_i bit_i E_i for up to kTile tokens: each codeword is read once
+// for the tile and added, in the order of i, to the sums of the tokens that
+// have its bit.
+void ValueEncoder::sum_codewords_tile(uint32_t n, const uint8_t* const* bits, float* const* y) const {
+    const uint32_t D = cb_.value_dim(), n_bits = cb_.value_code_bits();
+    const float* E = cb_.layers[layer_].values.codebook.data();
+    for (uint32_t t = 0; t < n; ++t)
+        for (uint32_t c = 0; c < D; ++c) y[t][c] = 0.0f;
+    for (uint32_t i = 0; i < n_bits; ++i) {
+        const float* e = E + size_t(i) * D;
+        for (uint32_t t = 0; t < n; ++t)
+            if ((bits[t][i / 8] >> (i % 8)) & 1u) {
+                float* yt = y[t];
+                for (uint32_t c = 0; c < D; ++c) yt[c] += e[c];
+            }
+    }
 }
 
 void ValueEncoder::sum_codewords(const uint8_t* bits, float* y) const {
