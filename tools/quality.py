@@ -1,0 +1,515 @@
+#!/usr/bin/python3
+"""Quality of the compressed cache on a real model: bytellama-13m over eval-dev text.
+
+Each setting runs the model (tools/bytellama.py) with its attention replaced:
+
+* exact        the harness's own exact causal attention (float32), the baseline;
+* commvq-*     attention served by libcommvq through its C API: per chunk a
+               fresh sequence; per layer all keys and values of the chunk are
+               appended, then all queries attend causally, so every token older
+               than the window (counted from the chunk's end) is read from codes;
+* kivi-*, int4-token-*
+               fake-quantized keys and values (tools/quality_baselines.py) fed
+               to the exact attention, with the same window kept exact.
+
+Measured per setting: bits per byte on the four short essays (independent
+2048-byte chunks, as the model README's 1.81), bits per byte on "repeat"
+chunks (a 1024-byte piece of addiction.txt followed by itself: the second copy
+is predictable only by attending ~1024 tokens back, far behind the window),
+and per layer the relative error of the attention output against exact
+attention on the same queries, keys and values. The exact setting also measures
+each quantizer's key and value MSE per layer (per element, in the keys' and
+values' own units; CommVQ through commvq_codebook_reconstruct) on the essays'
+exact keys and values.
+
+Results accumulate in a JSON file (--results) so settings can run separately;
+--report renders them into the marked section of a markdown file.
+
+    /usr/bin/python3 tools/quality.py --library build/libcommvq.so \\
+        --codebook 1=data/codebooks/bytellama-13m-1bit.safetensors \\
+        --codebook 2=data/codebooks/bytellama-13m-2bit.safetensors \\
+        --results build/quality.json --report docs/QUALITY.md
+    /usr/bin/python3 tools/quality.py --quick ...   # a smoke check: 3 settings on 3 chunks
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "bindings", "python"))
+import bytellama  # noqa: E402
+import quality_baselines as baselines  # noqa: E402
+
+ESSAYS = ("langdes", "laundry", "vcsqueeze", "pow")
+CHUNK = 2048
+REPEAT_PIECE = 1024
+REPEAT_PIECES = 4
+WINDOWS = (128, 0)
+
+
+def all_settings():
+    """name -> setting; the order is the report's."""
+    s = {"exact": {"kind": "exact"}}
+    for bits in (1, 2):
+        for w in WINDOWS:
+            s[f"commvq-{bits}bit-w{w}"] = {"kind": "commvq", "bits": bits, "window": w}
+    for bits in (2, 1):
+        for w in WINDOWS:
+            s[f"kivi-{bits}bit-w{w}"] = {"kind": "kivi", "bits": bits, "window": w}
+    for w in WINDOWS:
+        s[f"int4-token-w{w}"] = {"kind": "int4", "bits": 4, "window": w}
+    return s
+
+
+QUICK_SETTINGS = ("exact", "commvq-1bit-w128", "kivi-2bit-w128")
+
+
+# ---------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------
+
+def essay_chunks(eval_dir, quick):
+    """(input bytes, target bytes, first scored target) per chunk, as bytellama.chunk_bits."""
+    out = []
+    for name in ESSAYS:
+        data = open(os.path.join(eval_dir, name + ".txt"), "rb").read()
+        for s in range(0, len(data) - 1, CHUNK):
+            tgt = data[s + 1:s + CHUNK + 1]
+            out.append((data[s:s + len(tgt)], tgt, 0))
+    return out[-2:] if quick else out  # quick: the end of vcsqueeze and pow
+
+
+def repeat_chunks(eval_dir, quick):
+    """A piece of addiction.txt followed by itself; only the second copy is scored."""
+    data = open(os.path.join(eval_dir, "addiction.txt"), "rb").read()
+    out = []
+    for i in range(1 if quick else REPEAT_PIECES):
+        piece = data[i * REPEAT_PIECE:(i + 1) * REPEAT_PIECE]
+        seq = piece + piece
+        out.append((seq[:-1], seq[1:], REPEAT_PIECE - 1))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------
+
+def exact_attention(model, q, k_rot, v):
+    """Causal softmax attention, queries and keys at positions 0..T-1.
+    q [T, Hq, d] and k_rot [T, Hkv, d] post-RoPE, v [T, Hkv, d]."""
+    T = q.shape[0]
+    group = model.n_q_heads // model.n_kv_heads
+    k_rot = k_rot.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q, k_rot) / math.sqrt(model.head_dim)
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    probs = torch.softmax(scores.masked_fill(mask[None], float("-inf")), dim=-1)
+    return torch.einsum("hqk,khd->qhd", probs, v)
+
+
+class ErrorMeter:
+    """Per layer: sum ||out - ref||^2 and sum ||ref||^2 over every query."""
+
+    def __init__(self, n_layers):
+        self.diff = [0.0] * n_layers
+        self.ref = [0.0] * n_layers
+
+    def add(self, layer, out, ref):
+        self.diff[layer] += (out.double() - ref.double()).pow(2).sum().item()
+        self.ref[layer] += ref.double().pow(2).sum().item()
+
+    def relative(self):
+        return [math.sqrt(d / r) if r else None for d, r in zip(self.diff, self.ref)]
+
+
+class Codebook:
+    """A codebook file loaded once per worker thread: a handle must not be
+    used by two threads at once, and reconstruction is spread over threads."""
+
+    def __init__(self, lib, path, copies):
+        self.copies = [lib.commvq.Codebook.load(path) for _ in range(copies)]
+        self.handle = self.copies[0]  # what caches are created from
+        self.info = self.handle.info
+
+
+class Library:
+    """libcommvq through its Python binding (bindings/python)."""
+
+    def __init__(self, path, threads):
+        import commvq
+        self.commvq = commvq
+        commvq.load_library(path)
+        self.threads = threads
+        # ctypes releases the GIL during a call, so the threads run in parallel.
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads)
+
+    def codebook(self, path):
+        return Codebook(self, path, self.threads)
+
+    def reconstruct(self, cb, layer, k, v):
+        """What the cache's attention sees for keys k (pre-RoPE) and values v
+        [T, Hkv, d] (commvq_codebook_reconstruct), the tokens split over threads."""
+        bounds = np.linspace(0, k.shape[0], len(cb.copies) + 1).astype(int)
+        parts = [self.pool.submit(cb.copies[i].reconstruct, layer, k[a:b], v[a:b])
+                 for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a]
+        done = [p.result() for p in parts]
+        return np.concatenate([d[0] for d in done]), np.concatenate([d[1] for d in done])
+
+
+class Attention:
+    """attention_fn for Llama.forward; start_chunk() before each chunk."""
+
+    def __init__(self, model, setting, lib=None, codebook=None, threads=0, mse=None, check_decoded=False):
+        self.model = model
+        self.setting = setting
+        self.errors = ErrorMeter(model.n_layers)
+        self.mse = mse
+        self.cache = self.vs_decoded = None
+        if setting["kind"] == "commvq":
+            self.lib, self.codebook = lib, codebook
+            self.cache = lib.commvq.Cache(codebook.handle, window=setting["window"], max_tokens=2 * CHUNK,
+                                          n_threads=threads)
+            # With check_decoded: the cache's attention against exact attention
+            # over the tokens it decodes (commvq_codebook_reconstruct), a check
+            # of the harness's use of the cache (positions, window, GQA) and of
+            # attention from codes.
+            self.vs_decoded = ErrorMeter(model.n_layers) if check_decoded else None
+
+    def start_chunk(self):
+        if self.cache is not None:
+            self.cache.seq_clear(0)
+
+    def __call__(self, layer, q, k, v, positions):
+        kind = self.setting["kind"]
+        k_rot = self.model.rope(k, positions)
+        exact = exact_attention(self.model, q, k_rot, v)
+        if self.mse is not None:
+            self.mse.add(layer, k, k_rot, v)
+        if kind == "exact":
+            return exact
+        if kind == "commvq":
+            self.cache.append(layer, 0, k.cpu().numpy(), v.cpu().numpy())
+            out, _ = self.cache.attend(layer, 0, q.cpu().numpy())
+            out = torch.from_numpy(out).to(q.device)
+            if self.vs_decoded is not None:
+                self.vs_decoded.add(layer, out, self.decoded_attention(layer, q, k, v, positions))
+        else:
+            quantize = baselines.kivi if kind == "kivi" else baselines.per_token
+            k_hat, v_hat = quantize(k_rot, v, self.setting["bits"], self.setting["window"])
+            out = exact_attention(self.model, q, k_hat, v_hat)
+        self.errors.add(layer, out, exact)
+        return out
+
+    def decoded_attention(self, layer, q, k, v, positions):
+        """Exact attention with the tokens older than the window replaced by their decoded form."""
+        n = max(k.shape[0] - self.setting["window"], 0)
+        k_dec, v_dec = self.lib.reconstruct(self.codebook, layer, k[:n].cpu().numpy(), v[:n].cpu().numpy())
+        k_all = torch.cat([torch.from_numpy(k_dec).to(k.device), k[n:]])
+        v_all = torch.cat([torch.from_numpy(v_dec).to(v.device), v[n:]])
+        return exact_attention(self.model, q, self.model.rope(k_all, positions), v_all)
+
+
+class MseMeter:
+    """Key and value squared error per layer of every quantizer, on the exact run's tensors."""
+
+    def __init__(self, n_layers, lib, codebooks):
+        self.lib = lib
+        self.codebooks = codebooks  # bits -> codebook
+        self.methods = [(f"commvq-{b}bit", "commvq", b) for b in sorted(codebooks)] + \
+            [("kivi-2bit", "kivi", 2), ("kivi-1bit", "kivi", 1), ("int4-token", "int4", 4)]
+        self.sums = {m: {"k": [0.0] * n_layers, "v": [0.0] * n_layers, "n": [0] * n_layers}
+                     for m, _, _ in self.methods}
+        # The tensors' own mean square, the scale the errors are judged against.
+        self.sums["mean square"] = {"k": [0.0] * n_layers, "v": [0.0] * n_layers, "n": [0] * n_layers}
+
+    def add(self, layer, k, k_rot, v):
+        k, k_rot, v = k.cpu(), k_rot.cpu(), v.cpu()
+        s = self.sums["mean square"]
+        s["k"][layer] += k.double().pow(2).sum().item()
+        s["v"][layer] += v.double().pow(2).sum().item()
+        s["n"][layer] += k.numel()
+        for name, kind, bits in self.methods:
+            if kind == "commvq":
+                k_hat, v_hat = self.lib.reconstruct(self.codebooks[bits], layer, k.numpy(), v.numpy())
+                k_hat, v_hat, k_ref, n = torch.from_numpy(k_hat), torch.from_numpy(v_hat), k, k.shape[0]
+            else:
+                # Quantized after RoPE; RoPE is orthogonal, so errors keep their pre-RoPE size.
+                if kind == "kivi":
+                    k_hat, v_hat = baselines.kivi(k_rot, v, bits, 0)
+                    n = baselines.kivi_quantized_tokens(k.shape[0], 0)
+                else:
+                    k_hat, v_hat = baselines.per_token(k_rot, v, bits, 0)
+                    n = k.shape[0]
+                k_ref = k_rot
+            s = self.sums[name]
+            s["k"][layer] += (k_hat[:n].double() - k_ref[:n].double()).pow(2).sum().item()
+            s["v"][layer] += (v_hat[:n].double() - v[:n].double()).pow(2).sum().item()
+            s["n"][layer] += n * k.shape[1] * k.shape[2]
+
+    def result(self):
+        # "mean square" comes first in the report, as the scale of the rest.
+        order = ["mean square"] + [m for m, _, _ in self.methods]
+        return {m: {"key": [a / n for a, n in zip(s["k"], s["n"])],
+                    "value": [a / n for a, n in zip(s["v"], s["n"])]}
+                for m, s in ((m, self.sums[m]) for m in order)}
+
+
+# ---------------------------------------------------------------------------
+
+def score(model, chunks, attention, mse_chunks):
+    """(bits, bytes) over the scored targets of the chunks; MSE on the first mse_chunks."""
+    bits, count = 0.0, 0
+    mse = attention.mse
+    for i, (inp, tgt, first) in enumerate(chunks):
+        attention.mse = mse if i < mse_chunks else None
+        attention.start_chunk()
+        logits = model.forward(torch.tensor(list(inp)), attention_fn=attention)
+        nll = torch.nn.functional.cross_entropy(logits.float().cpu(), torch.tensor(list(tgt)), reduction="none")
+        bits += nll[first:].sum().item() / math.log(2)
+        count += len(tgt) - first
+    attention.mse = mse
+    return bits, count
+
+
+def bits_per_element(setting, codebook_info, head_dim):
+    kind = setting["kind"]
+    if kind == "exact":
+        return 16.0  # the fp16 cache it stands for (the harness computes in fp32)
+    if kind == "commvq":
+        info = codebook_info[setting["bits"]]
+        return info["compressed_token_bytes"] * 8 / (2 * info["n_kv_heads"] * info["head_dim"])
+    if kind == "kivi":
+        return baselines.kivi_bits(setting["bits"])
+    return baselines.per_token_bits(setting["bits"], head_dim)
+
+
+def run(args):
+    threads = args.threads or os.cpu_count()
+    torch.set_num_threads(threads)
+    model = bytellama.Llama(args.model, device=args.device)
+    eval_dir = args.eval_dir
+    texts = {"essays": essay_chunks(eval_dir, args.quick), "repeat": repeat_chunks(eval_dir, args.quick)}
+    settings = all_settings()
+    names = args.settings.split(",") if args.settings else list(QUICK_SETTINGS if args.quick else settings)
+    unknown = [n for n in names if n not in settings]
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown}; known: {', '.join(settings)}")
+
+    lib, codebooks, codebook_info, codebook_files = None, {}, {}, {}
+    if args.library:
+        lib = Library(args.library, threads)
+        for spec in args.codebook:
+            bits, path = spec.split("=", 1)
+            cb = lib.codebook(path)
+            codebooks[int(bits)] = cb
+            codebook_info[int(bits)] = cb.info
+            codebook_files[int(bits)] = {"path": path, "fingerprint": "%016x" % cb.info["fingerprint"],
+                                         "key_stages": cb.info["key_stages"]}
+            if cb.info["value_bits"] != int(bits):
+                raise SystemExit(f"{path} holds a {cb.info['value_bits']}-bit codebook, not {bits}-bit")
+
+    results = load_results(args.results)
+    meta = run_metadata(args, lib, codebook_files, texts, names)
+    if results.get("texts", meta["texts"]) != meta["texts"]:
+        raise SystemExit(f"{args.results} holds results on other text ({results['texts']}); use another file")
+    results["texts"] = meta.pop("texts")
+    results["runs"].append(meta)
+    for name in names:
+        setting = settings[name]
+        if setting["kind"] == "commvq" and setting["bits"] not in codebooks:
+            print(f"{name}: skipped (no {setting['bits']}-bit codebook given)")
+            continue
+        t0 = time.time()
+        mse = MseMeter(model.n_layers, lib, codebooks) if setting["kind"] == "exact" else None
+        attention = Attention(model, setting, lib, codebooks.get(setting.get("bits")), threads, mse,
+                              args.check_decoded or args.quick)
+        row = {"setting": setting, "bits_per_element": bits_per_element(setting, codebook_info, model.head_dim)}
+        if setting["kind"] == "commvq":
+            row["codebook"] = codebook_files[setting["bits"]]
+        for text, chunks in texts.items():
+            attention.mse = mse if text == "essays" else None
+            bits, count = score(model, chunks, attention, args.mse_chunks)
+            row[text] = {"bpb": bits / count, "bytes": count}
+        row["attention_rel_error"] = attention.errors.relative()
+        if attention.vs_decoded is not None:
+            row["cache_vs_decoded_rel_error"] = attention.vs_decoded.relative()
+        row["seconds"] = time.time() - t0
+        row["run"] = len(results["runs"])  # 1-based number of the run in the report
+        results["settings"][name] = row
+        if mse is not None:
+            results["mse"] = mse.result()
+            results["mse_run"] = row["run"]
+            results["mse_tokens"] = sum(len(t) for _, t, _ in texts["essays"][:args.mse_chunks])
+        print(f"{name:18s} essays {row['essays']['bpb']:.4f} bpb  repeat {row['repeat']['bpb']:.4f} bpb  "
+              f"attn err {' '.join('-' if e is None else f'{e:.3f}' for e in row['attention_rel_error'])}  "
+              f"{row['bits_per_element']:.2f} bits  {row['seconds']:.0f} s" +
+              (f"  cache vs decoded {max(row['cache_vs_decoded_rel_error']):.1e}"
+               if "cache_vs_decoded_rel_error" in row else ""), flush=True)
+        save_results(args.results, results)
+    if "mse" in results:
+        for m, r in results["mse"].items():
+            print(f"MSE {m:12s} key {' '.join(f'{x:.3g}' for x in r['key'])}   "
+                  f"value {' '.join(f'{x:.3g}' for x in r['value'])}")
+    return results
+
+
+def run_metadata(args, lib, codebook_files, texts, names):
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.node()}: {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+                   f" on {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda")
+                                          else "") + f", {args.threads or os.cpu_count()} threads",
+        "command": " ".join([sys.executable, "tools/quality.py"] + sys.argv[1:]),
+        "library": lib.commvq.version() if lib else None,
+        "codebooks": {str(b): f for b, f in codebook_files.items()},
+        "settings": names,
+        "texts": {"quick": args.quick,
+                  "essay_bytes": sum(len(t) - f for _, t, f in texts["essays"]),
+                  "repeat_bytes": sum(len(t) - f for _, t, f in texts["repeat"])},
+    }
+
+
+def load_results(path):
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"settings": {}, "runs": []}
+
+
+def save_results(path, results):
+    if path:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+
+PAPER_KEY_MSE_L0_1BIT = 0.0095  # SPEC.md: LLaMA-3.1-8B, layer 0, R = 11
+
+
+def render(results, section=""):
+    rows, texts = results["settings"], results["texts"]
+    exact = rows.get("exact")
+    lines = []
+    used = {r["run"] for r in rows.values()}
+
+    def run_label(number):  # runs are numbered per results file, so per section
+        return f"{section}-{number}" if section else str(number)
+
+    for number, meta in enumerate(results["runs"], 1):
+        if number not in used:
+            continue
+        shown = [n for n in meta["settings"] if n in rows and rows[n]["run"] == number]
+        lines += [f"Run {run_label(number)}, {meta['date']} on {meta['machine']}, library {meta['library']}; rows "
+                  f"{', '.join(shown)}:", "", "```sh", meta["command"], "```", ""]
+        for b, c in sorted(meta["codebooks"].items()):
+            lines.append(f"- {b}-bit codebook: `{c['path']}` (R = {c['key_stages']}, fingerprint {c['fingerprint']})")
+        lines.append("")
+    lines += ["CommVQ rows name their codebook by the first digits of its fingerprint.", ""]
+    lines += [f"Essays: {texts['essay_bytes']} bytes predicted; repeat: {texts['repeat_bytes']} bytes "
+              "(second copies only)" + (" (--quick)" if texts["quick"] else "") + ".", ""]
+    n_layers = len(next(iter(rows.values()))["attention_rel_error"])
+    head = ["setting", "run", "bits/elem", "window", "essays bpb", "Δ vs exact", "repeat bpb", "Δ vs exact"] + \
+           [f"attn err L{l}" for l in range(n_layers)] + ["cache vs decoded"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in all_settings():
+        if name not in rows:
+            continue
+        r = rows[name]
+        s = r["setting"]
+        def delta(text):
+            return f"{r[text]['bpb'] - exact[text]['bpb']:+.4f}" if exact and name != "exact" else ""
+        errs = ["" if e is None else f"{e:.4f}" for e in r["attention_rel_error"]]
+        label = name + (f" ({r['codebook']['fingerprint'][:8]})" if "codebook" in r else "")
+        lines.append("| " + " | ".join([label, run_label(r["run"]), f"{r['bits_per_element']:.2f}", str(s.get("window", "—")),
+                                        f"{r['essays']['bpb']:.4f}", delta("essays"),
+                                        f"{r['repeat']['bpb']:.4f}", delta("repeat")] + errs +
+                                       [f"{max(r['cache_vs_decoded_rel_error']):.1e}"
+                                        if "cache_vs_decoded_rel_error" in r else ""]) + " |")
+    if "mse" in results:
+        lines += ["", f"Key and value MSE per element (all tokens quantized, window 0) on "
+                  f"{results['mse_tokens']} tokens of essay keys and values from the exact setting "
+                  f"(run {run_label(results['mse_run'])}):", ""]
+        head = ["method"] + [f"key L{l}" for l in range(n_layers)] + [f"value L{l}" for l in range(n_layers)]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for m, r in results["mse"].items():
+            lines.append("| " + " | ".join([m] + [f"{x:.3g}" for x in r["key"] + r["value"]]) + " |")
+        ms = results["mse"]["mean square"]
+        lines += ["", "The same relative to the tensors' mean square (MSE / mean square):", ""]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for m, r in results["mse"].items():
+            if m != "mean square":
+                rel = [x / y for x, y in zip(r["key"] + r["value"], ms["key"] + ms["value"])]
+                lines.append("| " + " | ".join([m] + [f"{x:.3g}" for x in rel]) + " |")
+        lines += ["", f"For orientation, the paper's 1-bit key MSE on LLaMA-3.1-8B layer 0 is "
+                      f"{PAPER_KEY_MSE_L0_1BIT} (value 0.00027). bytellama's layer 0 is degenerate "
+                      "(its keys depend on the current byte alone), so judge layers 1-3."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(path, results, section):
+    """Rewrites the text between the section's markers (a new file gets them)."""
+    name = f" {section}" if section else ""
+    begin = f"<!-- quality:begin{name} (generated by tools/quality.py --report) -->"
+    end = f"<!-- quality:end{name} -->"
+    text = open(path).read() if os.path.exists(path) else f"# Quality\n\n{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path} lacks the markers {begin!r} ... {end!r}")
+    before, rest = text.split(begin, 1)
+    _, after = rest.split(end, 1)
+    with open(path, "w") as f:
+        f.write(before + begin + "\n" + render(results, section) + end + after)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--library", help="libcommvq shared library (needed for commvq settings and MSE)")
+    ap.add_argument("--codebook", action="append", default=[], metavar="BITS=PATH",
+                    help="codebook file for a bit width, e.g. 1=data/codebooks/bytellama-13m-1bit.safetensors")
+    ap.add_argument("--model", default=bytellama.default_model_dir(), help="bytellama-13m directory")
+    ap.add_argument("--eval-dir", default=None, help="eval-dev directory (default: beside the model)")
+    ap.add_argument("--settings", default=None, help="comma-separated settings (default: all; --quick: a few)")
+    ap.add_argument("--quick", action="store_true", help="2 essay chunks, 1 repeat chunk, 3 settings")
+    ap.add_argument("--check-decoded", action="store_true",
+                    help="also compare the cache's attention with exact attention over decoded tokens "
+                         "(always with --quick)")
+    ap.add_argument("--mse-chunks", type=int, default=8,
+                    help="essay chunks the exact setting measures key and value MSE on (default 8)")
+    ap.add_argument("--threads", type=int, default=0, help="torch and library CPU threads (0: all cores)")
+    ap.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
+    ap.add_argument("--results", default=None, help="JSON file the results accumulate in")
+    ap.add_argument("--report", default=None, help="markdown file whose quality section is rewritten")
+    ap.add_argument("--section", default="", help="name of the marked section --report rewrites (default: none)")
+    ap.add_argument("--report-only", action="store_true", help="render --results into --report, run nothing")
+    args = ap.parse_args()
+    args.eval_dir = args.eval_dir or os.path.join(os.path.dirname(os.path.dirname(
+        os.path.normpath(args.model))), "data", "eval-dev")
+    results = load_results(args.results) if args.report_only else run(args)
+    if args.report:
+        write_report(args.report, results, args.section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
