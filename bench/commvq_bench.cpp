@@ -19,6 +19,7 @@
 #include "cache.h"
 #include "commvq/commvq.h"
 #include "launchers.h"
+#include "model_shape.h"
 #include "random_codebook.h"
 #include "rope.h"
 
@@ -165,17 +166,7 @@ __attribute__((visibility("default"))) double cvq_bench_decode(uint32_t bits, ui
 // out[4] the fraction of value code bits that tf32 products change.
 __attribute__((visibility("default"))) int cvq_bench_encode(uint32_t bits, uint32_t n, double* out) {
     const Codebook& cb = llama_codebook(bits, 1);
-    cuda::ModelShape m;
-    m.n_kv_heads = cb.n_kv_heads;
-    m.n_q_heads = cb.n_q_heads;
-    m.head_dim = cb.head_dim;
-    m.key_stages = cb.key_stages;
-    m.sub_centers = cb.sub_centers;
-    m.code_bits = cb.code_bits();
-    m.value_code_bits = cb.value_code_bits();
-    m.value_hidden = cb.value_hidden;
-    m.n_key_scales = cb.n_key_scales();
-    m.pair_layout = cb.pair_layout;
+    const cuda::ModelShape m = cuda::model_shape(cb);
     auto upload = [](const std::vector<float>& h) {
         float* d = nullptr;
         cudaMalloc(&d, h.size() * 4);

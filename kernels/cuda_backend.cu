@@ -21,6 +21,7 @@
 #include "dtype.h"
 #include "error.h"
 #include "launchers.h"
+#include "model_shape.h"
 #include "rope.h"
 
 namespace commvq {
@@ -189,16 +190,7 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
     const char* tf32 = std::getenv("COMMVQ_CUDA_TF32");
     tf32_ = tf32 && tf32[0] == '1';
 
-    shape_.n_kv_heads = cb.n_kv_heads;
-    shape_.n_q_heads = cb.n_q_heads;
-    shape_.head_dim = cb.head_dim;
-    shape_.key_stages = cb.key_stages;
-    shape_.sub_centers = cb.sub_centers;
-    shape_.code_bits = cb.code_bits();
-    shape_.value_code_bits = cb.value_code_bits();
-    shape_.value_hidden = cb.value_hidden;
-    shape_.n_key_scales = cb.n_key_scales();
-    shape_.pair_layout = cb.pair_layout;
+    shape_ = cuda::model_shape(cb);
     require(cuda::attend_supported(shape_), COMMVQ_ERR_NOT_SUPPORTED,
             "commvq_cache_create: the CUDA back end supports head_dim 64 or 128, 1, 2, 4 or 8 query heads per KV "
             "head, 64 sub-centers and 256 to 2048 value code bits; this codebook has head_dim " +
