@@ -57,18 +57,29 @@ void require_finite(const std::vector<float>& v, const std::string& name) {
         if (!std::isfinite(v[i])) bad("tensor " + name + " has a non-finite value at element " + std::to_string(i));
 }
 
+}  // namespace
+
 // FNV-1a, 64 bit: simple, byte-order free and easy to reproduce in any
 // language (docs/FORMATS.md gives a Python version).
-struct Fnv1a64 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    void add(const void* data, size_t n) {
-        const auto* p = static_cast<const uint8_t*>(data);
-        for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+CodebookFingerprint::CodebookFingerprint(const Codebook& cb) {
+    const std::string name = "commvq-codebook\n";
+    add_bytes(name.data(), name.size());
+    for (const auto& [key, value] : codebook_shape_metadata(cb)) {
+        const std::string line = key + "=" + value + "\n";
+        add_bytes(line.data(), line.size());
     }
-    void add(const std::string& s) { add(s.data(), s.size()); }
-};
+}
 
-}  // namespace
+void CodebookFingerprint::add_bytes(const void* data, size_t n) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    uint64_t h = h_;
+    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+    h_ = h;
+}
+
+// The values' little-endian float32 bytes (the host is little-endian; the
+// safetensors reader refuses to build otherwise).
+void CodebookFingerprint::add(const float* values, size_t n) { add_bytes(values, n * sizeof(float)); }
 
 uint32_t Codebook::code_bits() const {
     uint32_t bits = 1;  // a single-code stage still takes a bit, so packing stays uniform
@@ -216,12 +227,42 @@ void Codebook::finalize() {
             }
     }
 
-    Fnv1a64 hash;
-    hash.add(std::string("commvq-codebook\n"));
-    for (const auto& [key, value] : codebook_shape_metadata(*this)) hash.add(key + "=" + value + "\n");
+    CodebookFingerprint hash(*this);
     for (uint32_t l = 0; l < n_layers; ++l)
-        for (const std::vector<float>* t : layer_tensor_data(layers[l])) hash.add(t->data(), t->size() * 4);
-    fingerprint = hash.h;
+        for (const std::vector<float>* t : layer_tensor_data(layers[l])) hash.add(t->data(), t->size());
+    fingerprint = hash.value();
+}
+
+bool is_valid_utf8(const std::string& s) {
+    const auto* p = reinterpret_cast<const uint8_t*>(s.data());
+    const size_t n = s.size();
+    for (size_t i = 0; i < n;) {
+        const uint8_t c = p[i];
+        size_t len;
+        uint32_t cp;
+        if (c < 0x80) {
+            ++i;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            len = 2, cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            len = 3, cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            len = 4, cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (i + len > n) return false;
+        for (size_t k = 1; k < len; ++k) {
+            if ((p[i + k] & 0xc0) != 0x80) return false;
+            cp = (cp << 6) | (p[i + k] & 0x3f);
+        }
+        // Overlong forms, surrogates and code points past U+10FFFF are not UTF-8.
+        static const uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < kMin[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+        i += len;
+    }
+    return true;
 }
 
 uint32_t key_stages_for_bits(uint32_t value_bits) {

@@ -102,11 +102,30 @@ std::vector<std::vector<float>*> layer_tensor_data(LayerCodebook& layer);
 // order, exactly as codebook files write them in __metadata__ (doubles with
 // %.17g, enums by name). The fingerprint hashes this text.
 std::vector<std::pair<std::string, std::string>> codebook_shape_metadata(const Codebook& cb);
+// The fingerprint (docs/FORMATS.md): FNV-1a 64 over "commvq-codebook\n",
+// the shape metadata as "key=value\n" lines, then every tensor's float32
+// values in layer_tensor_specs order, layer by layer. The constructor hashes
+// the text; add() the values, in order, in as many pieces as convenient.
+class CodebookFingerprint {
+public:
+    explicit CodebookFingerprint(const Codebook& cb);
+    void add(const float* values, size_t n);
+    uint64_t value() const { return h_; }
+
+private:
+    void add_bytes(const void* data, size_t n);
+    uint64_t h_ = 0xcbf29ce484222325ull;
+};
+
 // Names of the enums in files: "rotate_half"/"interleaved", "token"/"head",
 // "none"/"linear"/"llama3".
 const char* pair_layout_name(int32_t pair_layout);
 const char* scale_mode_name(int32_t scale_mode);
 const char* rope_scaling_name(int32_t scaling);
+
+// Whether s is well-formed UTF-8 (what a file's JSON header can hold, e.g.
+// the model name).
+bool is_valid_utf8(const std::string& s);
 
 // The standard R for a bit width: 1 bit -> 11 stages, 2 bits -> 21.
 uint32_t key_stages_for_bits(uint32_t value_bits);

@@ -5,8 +5,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <set>
 
+#include "dtype.h"
 #include "error.h"
 #include "safetensors.h"
 
@@ -107,7 +109,8 @@ Codebook parse_codebook(const void* data, size_t size) {
         const auto data = layer_tensor_data(cb.layers[l]);
         for (size_t t = 0; t < specs.size(); ++t) {
             const safetensors::TensorView& view = file.tensor(specs[t].name);
-            if (view.dtype != "F32") bad("tensor " + specs[t].name + " is " + view.dtype + ", expected F32");
+            if (view.dtype != "F32" && view.dtype != "F16" && view.dtype != "BF16")
+                bad("tensor " + specs[t].name + " is " + view.dtype + "; codebook tensors are F32, F16 or BF16");
             if (view.shape != specs[t].shape) {
                 std::string got, want;
                 for (uint64_t d : view.shape) got += (got.empty() ? "" : ", ") + std::to_string(d);
@@ -130,7 +133,25 @@ Codebook parse_codebook(const void* data, size_t size) {
     return cb;
 }
 
-std::vector<uint8_t> serialize_codebook(const Codebook& cb) {
+bool codebook_tensor_rounded(size_t t) {
+    // layer_tensor_specs order: sub_centers, lambda, norm.weight, norm.bias,
+    // enc1.weight, enc1.bias, enc2.weight, enc2.bias, codebook.
+    return t == 0 || t == 4 || t == 6 || t == 8;
+}
+
+const char* codebook_storage_name(int32_t storage) {
+    switch (storage) {
+        case COMMVQ_DTYPE_F32: return "F32";
+        case COMMVQ_DTYPE_F16: return "F16";
+        case COMMVQ_DTYPE_BF16: return "BF16";
+        default:
+            throw Error(COMMVQ_ERR_INVALID_ARGUMENT, "codebook storage dtype " + std::to_string(storage) +
+                                                         " is not COMMVQ_DTYPE_F32, _F16 or _BF16");
+    }
+}
+
+std::vector<uint8_t> serialize_codebook(const Codebook& cb, int32_t storage) {
+    const char* storage_name = codebook_storage_name(storage);
     // The writer copies whole tensors: their sizes must be the ones finalize() checked.
     require(cb.layers.size() == cb.n_layers, COMMVQ_ERR_INVALID_ARGUMENT, "codebook is not finalized");
     for (uint32_t l = 0; l < cb.n_layers; ++l) {
@@ -143,17 +164,49 @@ std::vector<uint8_t> serialize_codebook(const Codebook& cb) {
                     "codebook is not finalized: tensor " + specs[t].name + " has the wrong size");
         }
     }
+    require(is_valid_utf8(cb.model_name), COMMVQ_ERR_INVALID_ARGUMENT,
+            "codebook: the model name is not valid UTF-8 (a codebook file's header is JSON)");
     safetensors::Writer w;
+    // The fingerprint of the values the file holds: for rounded tensors,
+    // the stored halves widened back to float32, exactly as a reader sees them.
+    CodebookFingerprint hash(cb);
+    std::vector<uint16_t> half;
+    std::vector<float> widened;
+    for (uint32_t l = 0; l < cb.n_layers; ++l) {
+        const auto specs = layer_tensor_specs(cb, l);
+        const auto data = layer_tensor_data(cb.layers[l]);
+        for (size_t t = 0; t < specs.size(); ++t) {
+            const std::vector<float>& x = *data[t];
+            if (storage == COMMVQ_DTYPE_F32 || !codebook_tensor_rounded(t)) {
+                w.add_f32(specs[t].name, specs[t].shape, x.data());
+                hash.add(x.data(), x.size());
+                continue;
+            }
+            half.resize(x.size());
+            widened.resize(x.size());
+            from_float(x.data(), x.size(), storage, half.data());
+            to_float(half.data(), storage, x.size(), widened.data());
+            for (size_t i = 0; i < x.size(); ++i)
+                if (!std::isfinite(widened[i])) {
+                    char value[32];
+                    std::snprintf(value, sizeof value, "%.9g", double(x[i]));
+                    throw Error(COMMVQ_ERR_INVALID_ARGUMENT,
+                                std::string("codebook: cannot store tensor ") + specs[t].name + " as " + storage_name +
+                                    ": element " + std::to_string(i) + " = " + value +
+                                    " is beyond its range (store it as F32" +
+                                    (storage == COMMVQ_DTYPE_F16 ? " or BF16)" : ")"));
+                }
+            std::vector<uint8_t> bytes(x.size() * 2);
+            if (!bytes.empty()) std::memcpy(bytes.data(), half.data(), bytes.size());
+            w.add_bytes(specs[t].name, storage_name, specs[t].shape, std::move(bytes));
+            hash.add(widened.data(), widened.size());
+        }
+    }
     w.set_metadata("format", kFormatName);
     w.set_metadata("format_version", std::to_string(kCodebookFormatVersion));
     for (const auto& [key, value] : codebook_shape_metadata(cb)) w.set_metadata(key, value);
     w.set_metadata("model", cb.model_name);
-    w.set_metadata("fingerprint", fingerprint_hex(cb.fingerprint));
-    for (uint32_t l = 0; l < cb.n_layers; ++l) {
-        const auto specs = layer_tensor_specs(cb, l);
-        const auto data = layer_tensor_data(cb.layers[l]);
-        for (size_t t = 0; t < specs.size(); ++t) w.add_f32(specs[t].name, specs[t].shape, data[t]->data());
-    }
+    w.set_metadata("fingerprint", fingerprint_hex(hash.value()));
     return w.serialize();
 }
 
@@ -162,8 +215,8 @@ Codebook load_codebook(const std::string& path) {
     return parse_codebook(bytes.data(), bytes.size());
 }
 
-void save_codebook(const Codebook& cb, const std::string& path) {
-    safetensors::write_file(path, serialize_codebook(cb));
+void save_codebook(const Codebook& cb, const std::string& path, int32_t storage) {
+    safetensors::write_file(path, serialize_codebook(cb, storage));
 }
 
 }  // namespace commvq

@@ -222,6 +222,18 @@ void Writer::add_f16(const std::string& name, const std::vector<uint64_t>& shape
     add(name, "F16", shape, std::move(bytes));
 }
 
+void Writer::add_bytes(const std::string& name, const std::string& dtype, const std::vector<uint64_t>& shape,
+                       std::vector<uint8_t> bytes) {
+    const size_t esize = element_size(dtype);
+    require(esize != 0, COMMVQ_ERR_INVALID_ARGUMENT, "unknown dtype '" + dtype + "'");
+    uint64_t n = 1;
+    for (uint64_t d : shape) n *= d;
+    require(n * esize == bytes.size(), COMMVQ_ERR_INVALID_ARGUMENT,
+            "tensor '" + name + "': " + std::to_string(bytes.size()) + " bytes for " + std::to_string(n) + " " +
+                dtype + " elements");
+    add(name, dtype, shape, std::move(bytes));
+}
+
 std::vector<uint8_t> Writer::serialize() const {
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
     if (!metadata_.empty()) header["__metadata__"] = metadata_;

@@ -56,6 +56,10 @@ public:
     void set_metadata(const std::string& key, const std::string& value);
     void add_f32(const std::string& name, const std::vector<uint64_t>& shape, const float* values);
     void add_f16(const std::string& name, const std::vector<uint64_t>& shape, const float* values);
+    // A tensor already in its stored form: bytes must hold exactly the
+    // shape's element count times the dtype's size.
+    void add_bytes(const std::string& name, const std::string& dtype, const std::vector<uint64_t>& shape,
+                   std::vector<uint8_t> bytes);
     std::vector<uint8_t> serialize() const;
 
 private:

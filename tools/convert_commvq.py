@@ -23,9 +23,14 @@ The reference release (arXiv 2506.18879) ships its two codebooks in two places:
   follows from E: 2n = D * value_bits.
 
 Model shape and RoPE come from the model's config.json. The output is the
-safetensors codebook of docs/FORMATS.md, F32, with the fingerprint the library
-verifies on load (FNV-1a 64 over the shape metadata and every tensor; see
-codebook_fingerprint below and src/codebook.cpp).
+safetensors codebook of docs/FORMATS.md with the fingerprint the library
+verifies on load (FNV-1a 64 over the shape metadata and every tensor's
+float32 values; see codebook_fingerprint below and src/codebook.cpp). With
+--storage f16 the key sub-centers and the value matrices are stored as F16
+(rounded to nearest even, as commvq_codebook_save_as rounds them; the
+per-channel vectors stay F32), about half the file, and the fingerprint is
+that of the rounded values. The library's commvq-train re-saves an existing
+file the same way: commvq-train --codebook IN -o OUT --storage f16.
 
     /usr/bin/python3 tools/convert_commvq.py --keys KEY_DIR --model MODEL_DIR --out codebook.safetensors
 """
@@ -98,12 +103,16 @@ def shape_metadata(shape):
 LAYER_TENSORS = ("keys.sub_centers", "values.lambda", "values.norm.weight", "values.norm.bias",
                  "values.enc1.weight", "values.enc1.bias", "values.enc2.weight", "values.enc2.bias",
                  "values.codebook")
+# What F16 storage rounds (codebook_tensor_rounded in src/codebook_file.cpp):
+# the matrices; the per-channel vectors stay F32.
+ROUNDED_TENSORS = ("keys.sub_centers", "values.enc1.weight", "values.enc2.weight", "values.codebook")
 
 
 def codebook_fingerprint(shape, layers):
     """The library's fingerprint: FNV-1a over "commvq-codebook\\n", each shape
-    field as "key=value\\n", then every layer's tensors as little-endian F32 in
-    LAYER_TENSORS order. Pure Python: about 5 MB/s."""
+    field as "key=value\\n", then every layer's tensors' values as
+    little-endian float32 in LAYER_TENSORS order (an F16 tensor widened to
+    float32 first, exactly). Pure Python: about 5 MB/s."""
     def chunks():
         yield (FORMAT_NAME + "\n").encode()
         for key, value in shape_metadata(shape):
@@ -114,16 +123,37 @@ def codebook_fingerprint(shape, layers):
     return fnv1a64(chunks())
 
 
-def write_codebook(path, shape, layers, model_name):
-    """Writes layers (a list of {LAYER_TENSORS name: float32 array}) as a codebook file."""
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
-    meta.update(shape_metadata(shape))
-    meta["model"] = model_name
-    meta["fingerprint"] = "%016x" % codebook_fingerprint(shape, layers)
+def stored_tensors(layers, storage):
+    """{file name: array as stored} for storage "f32" or "f16". F16 rounds
+    to nearest even (numpy's conversion), like the library's writer."""
+    if storage not in ("f32", "f16"):
+        raise ConversionError(f"storage must be f32 or f16, got {storage!r}")
     tensors = {}
     for l, layer in enumerate(layers):
         for name in LAYER_TENSORS:
-            tensors[f"layers.{l}.{name}"] = np.ascontiguousarray(layer[name], dtype=np.float32)
+            a = np.ascontiguousarray(layer[name], dtype=np.float32)
+            if storage == "f16" and name in ROUNDED_TENSORS:
+                with np.errstate(over="ignore"):
+                    a = a.astype(np.float16)
+                if not np.isfinite(a).all():
+                    i = int(np.flatnonzero(~np.isfinite(a))[0])
+                    raise ConversionError(f"layers.{l}.{name} element {i} = "
+                                          f"{float(layer[name].reshape(-1)[i]):g} is beyond F16's range "
+                                          "(largest 65504); store as f32")
+            tensors[f"layers.{l}.{name}"] = a
+    return tensors
+
+
+def write_codebook(path, shape, layers, model_name, storage="f32"):
+    """Writes layers (a list of {LAYER_TENSORS name: float32 array}) as a
+    codebook file with F32 or F16 storage; returns the fingerprint (hex)."""
+    tensors = stored_tensors(layers, storage)
+    held = [{name: tensors[f"layers.{l}.{name}"].astype(np.float32) for name in LAYER_TENSORS}
+            for l in range(len(layers))]
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+    meta.update(shape_metadata(shape))
+    meta["model"] = model_name
+    meta["fingerprint"] = "%016x" % codebook_fingerprint(shape, held)
     bytellama.write_safetensors(path, tensors, meta)
     return meta["fingerprint"]
 
@@ -299,7 +329,7 @@ def load_values(locations, layer, value_dim, prefix):
 # ---------------------------------------------------------------------------
 
 def convert(key_dir, model_dir, out_path, model_name=None, value_prefix=VALUE_PREFIX,
-            trust_pickle=False):
+            trust_pickle=False, storage="f32"):
     shape, cfg = model_shape(model_dir)
     L, Hkv, d = shape["n_layers"], shape["n_kv_heads"], shape["head_dim"]
     keys = load_keys(key_dir, L, Hkv, d, trust_pickle)
@@ -318,7 +348,7 @@ def convert(key_dir, model_dir, out_path, model_name=None, value_prefix=VALUE_PR
     if shape["value_bits"] not in (1, 2):
         raise ConversionError(f"value codebook implies {shape['value_bits']} bits per element; 1 or 2 expected")
     name = model_name or cfg.get("_name_or_path") or os.path.basename(os.path.normpath(model_dir))
-    fingerprint = write_codebook(out_path, shape, layers, name)
+    fingerprint = write_codebook(out_path, shape, layers, name, storage)
     return shape, fingerprint
 
 
@@ -333,15 +363,19 @@ def main():
                     help="name prefix of a layer's value tensors ({layer} is replaced)")
     ap.add_argument("--trust-pickle", action="store_true",
                     help="allow torch's full unpickler for key files its restricted loader refuses")
+    ap.add_argument("--storage", choices=("f32", "f16"), default="f32",
+                    help="f32 (default): every value as published; f16: key sub-centers and value "
+                         "matrices rounded to F16, about half the file (docs/FORMATS.md)")
     args = ap.parse_args()
     try:
         shape, fingerprint = convert(args.keys, args.model, args.out, args.model_name, args.value_prefix,
-                                     args.trust_pickle)
+                                     args.trust_pickle, args.storage)
     except (ConversionError, KeyError, OSError) as e:
         print(f"convert_commvq: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: {shape['n_layers']} layers, {shape['n_kv_heads']} KV heads, "
-          f"R={shape['key_stages']}, {shape['value_bits']}-bit values, fingerprint {fingerprint}")
+          f"R={shape['key_stages']}, {shape['value_bits']}-bit values, {args.storage.upper()} storage, "
+          f"fingerprint {fingerprint}")
     return 0
 
 

@@ -44,6 +44,14 @@ COMMVQ_API commvq_status_t commvq_codebook_save(const commvq_codebook_t* cb, con
     });
 }
 
+COMMVQ_API commvq_status_t commvq_codebook_save_as(const commvq_codebook_t* cb, const char* path, int32_t dtype) {
+    return guard([&] {
+        require_arg(cb, "commvq_codebook_save_as", "cb");
+        require_arg(path, "commvq_codebook_save_as", "path");
+        commvq::save_codebook(cb->cb, path, dtype);
+    });
+}
+
 COMMVQ_API void commvq_codebook_free(commvq_codebook_t* cb) { delete cb; }
 
 COMMVQ_API commvq_status_t commvq_codebook_get_info(const commvq_codebook_t* cb,

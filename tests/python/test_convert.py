@@ -141,10 +141,10 @@ def write_release(root, rng, shape, corrupt=False):
     return key_dir, model_dir, centers, values
 
 
-def run_converter(key_dir, model_dir, out):
+def run_converter(key_dir, model_dir, out, *extra):
     return subprocess.run([sys.executable, os.path.join(TOOLS, "convert_commvq.py"), "--keys", key_dir,
-                           "--model", model_dir, "--out", out, "--model-name", "synthetic", "--trust-pickle"],
-                          capture_output=True, text=True)
+                           "--model", model_dir, "--out", out, "--model-name", "synthetic", "--trust-pickle",
+                           *extra], capture_output=True, text=True)
 
 
 # ---------------------------------------------------------------------------
@@ -180,6 +180,7 @@ def open_library(path):
     lib.commvq_codebook_reconstruct.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32,
                                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                                 ctypes.c_void_p]
+    lib.commvq_codebook_save_as.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32]
     return lib
 
 
@@ -297,6 +298,47 @@ def check_values(lib, cb, layer, params, groups, rng):
           f"({skipped} near-ties skipped), max rel err {worst:.1e} < 1e-4")
 
 
+def read_fingerprint(lib, path):
+    """The library's fingerprint of a codebook file (loading checks the stored one)."""
+    cb = ctypes.c_void_p()
+    call(lib, "commvq_codebook_load", path.encode(), ctypes.byref(cb))
+    info = CodebookInfo()
+    lib.commvq_codebook_info_init(ctypes.byref(info))
+    call(lib, "commvq_codebook_get_info", cb, ctypes.byref(info))
+    lib.commvq_codebook_free(cb)
+    return info.fingerprint
+
+
+def check_f16_storage(lib, cb, key_dir, model_dir, root, f32_path):
+    """--storage f16 writes what the library's own F16 writer writes: the
+    same tensors in the same dtypes with the same values, and the same
+    fingerprint (that of the rounded values), which the library accepts."""
+    f16_path = os.path.join(root, "converted-f16.safetensors")
+    res = run_converter(key_dir, model_dir, f16_path, "--storage", "f16")
+    check(res.returncode == 0, f"converter --storage f16 succeeds: {res.stdout.strip()} {res.stderr.strip()}")
+    if res.returncode != 0:
+        return
+    lib_path = os.path.join(root, "library-f16.safetensors")
+    call(lib, "commvq_codebook_save_as", cb, lib_path.encode(), 1)  # COMMVQ_DTYPE_F16
+    ours, meta = bytellama.read_safetensors(f16_path)
+    theirs, lib_meta = bytellama.read_safetensors(lib_path)
+    same = ours.keys() == theirs.keys() and all(
+        ours[k].dtype == theirs[k].dtype and ours[k].tobytes() == theirs[k].tobytes() for k in ours)
+    check(same, "converter F16 tensors = the library's F16 tensors (dtype and value)")
+    dtypes = {k.split(".", 2)[2]: str(v.dtype) for k, v in ours.items() if k.startswith("layers.0.")}
+    check(dtypes == {"keys.sub_centers": "float16", "values.enc1.weight": "float16",
+                     "values.enc2.weight": "float16", "values.codebook": "float16",
+                     "values.lambda": "float32", "values.norm.weight": "float32", "values.norm.bias": "float32",
+                     "values.enc1.bias": "float32", "values.enc2.bias": "float32"},
+          f"F16 storage rounds the matrices, keeps the vectors: {dtypes}")
+    fp16, fp_lib, fp32 = read_fingerprint(lib, f16_path), read_fingerprint(lib, lib_path), read_fingerprint(lib, f32_path)
+    check(meta["fingerprint"] == lib_meta["fingerprint"] == "%016x" % fp16 == "%016x" % fp_lib,
+          f"the F16 file's fingerprint {meta['fingerprint']} is the library's {fp_lib:016x}")
+    check(fp16 != fp32, "the rounded codebook has another fingerprint than the F32 one")
+    check(os.path.getsize(f16_path) < 0.6 * os.path.getsize(f32_path),
+          f"F16 file {os.path.getsize(f16_path)} bytes, F32 {os.path.getsize(f32_path)}")
+
+
 def check_release(lib, shape, seed):
     """Converts a synthetic release of this shape and checks the result."""
     rng = np.random.default_rng(seed)
@@ -326,6 +368,7 @@ def check_release(lib, shape, seed):
         for layer in range(shape.n_layers):
             check_keys(lib, cb, layer, centers, shape.stages, rng)
             check_values(lib, cb, layer, values[layer], shape.groups, rng)
+        check_f16_storage(lib, cb, key_dir, model_dir, root, out)
         lib.commvq_codebook_free(cb)
 
 
