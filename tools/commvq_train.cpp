@@ -3,19 +3,26 @@
 // values.{l} [T, Hkv, d]) and writes it as a codebook file. With --eval it
 // also measures the codebook on other KV files (held-out data), encoding
 // tokens exactly as the cache does. See docs/TRAINING.md.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "codebook_file.h"
 #include "error.h"
 #include "key_encoder.h"
 #include "pair_layout.h"
 #include "safetensors.h"
+#include "train/attention_weights.h"
+#include "train/parallel.h"
 #include "train/train.h"
 #include "value_encoder.h"
 
@@ -26,6 +33,7 @@ using commvq::Error;
 const char* kUsage =
     "usage: commvq-train -i KV.safetensors -o CODEBOOK.safetensors [options]\n"
     "       commvq-train --codebook CODEBOOK.safetensors --eval KV.safetensors\n"
+    "       commvq-train --codebook IN.safetensors -o OUT.safetensors --storage f16\n"
     "\n"
     "  -i, --input FILE        keys.{l} / values.{l} per layer (tools/collect_kv.py)\n"
     "  -o, --output FILE       the codebook file to write\n"
@@ -46,9 +54,17 @@ const char* kUsage =
     "  --value-hidden I        value encoder width (default min(4096, 4n))\n"
     "  --value-lr X            (default 1e-3)\n"
     "  --no-gumbel             train the value encoder without Gumbel noise\n"
+    "  --attention-weight BETA value loss = MSE + BETA * attention-weighted MSE, the\n"
+    "                          attention mass from the file's queries.{l} (default 0 = off)\n"
     "  --seed N                (default 0)\n"
     "  --threads N             (default 0 = all cores)\n"
-    "  --codebook FILE         evaluate this codebook instead of training one\n"
+    "  --device cpu|N          where EM and the value trainer run: the CPU (default)\n"
+    "                          or CUDA device N (needs a library built with CUDA)\n"
+    "  --codebook FILE         use this codebook instead of training one: evaluate it\n"
+    "                          (--eval) and/or write it again (-o, e.g. with --storage)\n"
+    "  --storage f32|f16|bf16  dtype of the written file's key sub-centers and value\n"
+    "                          matrices (default f32, exact; f16 halves the file, see\n"
+    "                          docs/FORMATS.md); --eval then measures the file as written\n"
     "  --eval FILE             after training (or for --codebook), report key and value\n"
     "                          MSE on this KV file; may be repeated\n"
     "  -q, --quiet             no progress bar\n";
@@ -62,6 +78,9 @@ struct KvFile {
     uint32_t n_layers = 0, n_kv_heads = 0, head_dim = 0;
     uint64_t n_tokens = 0;
     std::vector<float> keys, values;  // [L][T][Hkv][d]
+    uint32_t n_q_heads = 0, n_queries = 0;  // queries.{l} [Tq][Hq][d], post-RoPE (0: none)
+    std::vector<float> queries;             // [L][Tq][Hq][d]
+    std::map<std::string, std::string> metadata;
 };
 
 KvFile read_kv(const std::string& path) {
@@ -87,6 +106,20 @@ KvFile read_kv(const std::string& path) {
             dst.insert(dst.end(), x.begin(), x.end());
         }
     }
+    kv.metadata = file.metadata;
+    if (file.tensors.count("queries.0"))
+        for (uint32_t l = 0; l < kv.n_layers; ++l) {
+            const auto& t = file.tensor("queries." + std::to_string(l));
+            if (l == 0 && t.shape.size() == 3) {
+                kv.n_queries = uint32_t(t.shape[0]);
+                kv.n_q_heads = uint32_t(t.shape[1]);
+            }
+            commvq::require(t.shape.size() == 3 && t.shape[0] == kv.n_queries && t.shape[1] == kv.n_q_heads &&
+                                t.shape[0] <= kv.n_tokens && t.shape[2] == kv.head_dim,
+                            COMMVQ_ERR_FORMAT, path + ": queries." + std::to_string(l) + " is not [Tq <= T, Hq, d]");
+            std::vector<float> x = t.to_float();
+            kv.queries.insert(kv.queries.end(), x.begin(), x.end());
+        }
     return kv;
 }
 
@@ -184,6 +217,114 @@ void evaluate(const commvq::Codebook& cb, const KvFile& kv, const std::string& n
     }
 }
 
+// --attention-weight: per layer, the attention mass a_t of every token from
+// the file's queries (train/attention_weights.h) and the weights
+// w_t = 1 + beta * a_t / mean(a), [L][T] as TrainOptions::value_weights.
+// Queries are the last Tq rows (tools/collect_kv.py); each sees its own
+// chunk up to itself, positions restart at 0 per chunk.
+std::vector<float> attention_value_weights(const KvFile& kv, const commvq::train::TrainOptions& options, double beta,
+                                           const std::string& path) {
+    if (kv.n_queries == 0)
+        usage_error("--attention-weight needs queries, and " + path +
+                    " has no queries.{l} (collect them with tools/collect_kv.py --queries-last N)");
+    if (options.n_q_heads != 0 && options.n_q_heads != kv.n_q_heads)
+        usage_error("--q-heads " + std::to_string(options.n_q_heads) + " but " + path + " has queries of " +
+                    std::to_string(kv.n_q_heads) + " heads");
+    // The mass needs the model's RoPE: refuse a description that contradicts
+    // the one the file records.
+    auto meta = [&](const char* key) -> std::string {
+        auto it = kv.metadata.find(key);
+        return it == kv.metadata.end() ? std::string() : it->second;
+    };
+    const std::string theta = meta("rope_theta"), layout = meta("rope_layout"), scaling = meta("rope_scaling");
+    if (!theta.empty() && std::fabs(std::strtod(theta.c_str(), nullptr) - options.rope.theta) > 1e-9 * options.rope.theta)
+        usage_error(path + " was collected with rope_theta " + theta + ": pass --rope-theta " + theta +
+                    " (the attention mass needs the model's RoPE)");
+    if (!layout.empty() && layout != (options.pair_layout == COMMVQ_PAIRS_INTERLEAVED ? "interleaved" : "rotate_half"))
+        usage_error(path + " has rope_layout " + layout + ", which --pairs contradicts");
+    const char* scaling_names[] = {"none", "linear", "llama3"};
+    if (!scaling.empty() && options.rope.scaling >= 0 && options.rope.scaling < 3 &&
+        scaling != scaling_names[options.rope.scaling])
+        usage_error(path + " has rope_scaling " + scaling + ", which --rope-scaling contradicts");
+
+    const uint64_t T = kv.n_tokens, Tq = kv.n_queries;
+    std::vector<uint64_t> chunk_rows = {0};
+    const std::string chunks = meta("chunks");
+    if (!chunks.empty()) {
+        nlohmann::json j = nlohmann::json::parse(chunks, nullptr, /*allow_exceptions=*/false);
+        commvq::require(j.is_array() && !j.empty(), COMMVQ_ERR_FORMAT, path + ": metadata 'chunks' is not a list");
+        chunk_rows.clear();
+        for (const auto& c : j) {
+            commvq::require(c.is_object() && c.contains("row") && c["row"].is_number_unsigned(), COMMVQ_ERR_FORMAT,
+                            path + ": a chunk in the metadata has no row");
+            chunk_rows.push_back(c["row"].get<uint64_t>());
+        }
+    }
+    std::vector<uint64_t> query_rows(Tq);
+    for (uint64_t i = 0; i < Tq; ++i) query_rows[i] = T - Tq + i;
+    const std::vector<commvq::train::QuerySpan> spans = commvq::train::causal_query_spans(chunk_rows, T, query_rows);
+    const std::vector<uint64_t> positions = commvq::train::chunk_positions(chunk_rows, T);
+    const std::string query_start = meta("query_start");
+    commvq::require(query_start.empty() || std::to_string(spans[0].position) == query_start, COMMVQ_ERR_FORMAT,
+                    path + ": query_start " + query_start + " disagrees with the chunks (first query at position " +
+                        std::to_string(spans[0].position) + ")");
+
+    commvq::train::AttentionShape shape;
+    shape.n_kv_heads = kv.n_kv_heads;
+    shape.n_q_heads = kv.n_q_heads;
+    shape.head_dim = kv.head_dim;
+    shape.pair_layout = options.pair_layout;
+    shape.rope = options.rope;
+    const uint32_t threads = commvq::train::resolve_threads(options.n_threads);
+    std::vector<float> weights;
+    weights.reserve(size_t(kv.n_layers) * T);
+    std::printf("attention weight %g: %llu queries x %u heads per layer; mass a_t summed over them\n", beta,
+                (unsigned long long)Tq, kv.n_q_heads);
+    for (uint32_t l = 0; l < kv.n_layers; ++l) {
+        const size_t key_floats = size_t(T) * kv.n_kv_heads * kv.head_dim;
+        const size_t query_floats = size_t(Tq) * kv.n_q_heads * kv.head_dim;
+        const std::vector<double> mass = commvq::train::attention_mass(
+            shape, kv.keys.data() + l * key_floats, positions.data(), T, kv.queries.data() + l * query_floats,
+            spans.data(), Tq, threads);
+        const std::vector<float> w = commvq::train::attention_token_weights(mass, beta);
+        weights.insert(weights.end(), w.begin(), w.end());
+        // How concentrated the mass is: tokens that get any, the share of the
+        // top 1% of tokens, and of the first token of each chunk (position 0).
+        uint64_t seen = 0;
+        double total = 0, first = 0;
+        for (uint64_t t = 0; t < T; ++t) {
+            seen += mass[t] > 0;
+            total += mass[t];
+            if (positions[t] == 0) first += mass[t];
+        }
+        std::vector<double> sorted = mass;
+        const size_t top = std::max<size_t>(1, T / 100);
+        std::partial_sort(sorted.begin(), sorted.begin() + top, sorted.end(), std::greater<double>());
+        double top_mass = 0;
+        for (size_t k = 0; k < top; ++k) top_mass += sorted[k];
+        std::printf("  layer %u: %llu of %llu tokens get mass (%.1f%%); top 1%% of tokens hold %.1f%% of it, "
+                    "position-0 tokens %.1f%%; largest weight %.3g (mean %.3g)\n",
+                    l, (unsigned long long)seen, (unsigned long long)T, 100.0 * seen / T, 100.0 * top_mass / total,
+                    100.0 * first / total, double(*std::max_element(w.begin(), w.end())), 1.0 + beta);
+    }
+    std::fflush(stdout);
+    return weights;
+}
+
+// Writes cb with the storage dtype and returns the codebook the file holds
+// (its values rounded as stored), so that --eval measures what was written.
+commvq::Codebook write_codebook(const commvq::Codebook& cb, const std::string& path, int32_t storage) {
+    const std::vector<uint8_t> bytes = commvq::serialize_codebook(cb, storage);
+    commvq::safetensors::write_file(path, bytes);
+    commvq::Codebook written = commvq::parse_codebook(bytes.data(), bytes.size());
+    std::printf("%s: %s storage, %llu bytes, fingerprint %016llx", path.c_str(), commvq::codebook_storage_name(storage),
+                (unsigned long long)bytes.size(), (unsigned long long)written.fingerprint);
+    if (written.fingerprint != cb.fingerprint)
+        std::printf(" (of the rounded values; %016llx before)", (unsigned long long)cb.fingerprint);
+    std::printf("\n");
+    return written;
+}
+
 double parse_number(const std::string& flag, const char* text) {
     char* end = nullptr;
     double v = std::strtod(text, &end);
@@ -200,8 +341,10 @@ uint64_t parse_count(const std::string& flag, const char* text) {
 int run(int argc, char** argv) {
     commvq::train::TrainOptions options;
     std::string input, output, codebook_path;
+    int32_t storage = COMMVQ_DTYPE_F32;
     std::vector<std::string> evals;
     bool quiet = false;
+    double attention_beta = 0;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         auto value = [&]() -> const char* {
@@ -214,6 +357,13 @@ int run(int argc, char** argv) {
         } else if (a == "-i" || a == "--input") input = value();
         else if (a == "-o" || a == "--output") output = value();
         else if (a == "--codebook") codebook_path = value();
+        else if (a == "--storage") {
+            std::string s = value();
+            if (s == "f32") storage = COMMVQ_DTYPE_F32;
+            else if (s == "f16") storage = COMMVQ_DTYPE_F16;
+            else if (s == "bf16") storage = COMMVQ_DTYPE_BF16;
+            else usage_error("--storage must be f32, f16 or bf16");
+        }
         else if (a == "--eval") evals.push_back(value());
         else if (a == "-q" || a == "--quiet") quiet = true;
         else if (a == "--bits") {
@@ -251,21 +401,36 @@ int run(int argc, char** argv) {
         else if (a == "--value-hidden") options.value_hidden = uint32_t(parse_count(a, value()));
         else if (a == "--value-lr") options.value_lr = float(parse_number(a, value()));
         else if (a == "--no-gumbel") options.value_gumbel = false;
+        else if (a == "--attention-weight") {
+            attention_beta = parse_number(a, value());
+            if (attention_beta < 0) usage_error("--attention-weight must be >= 0");
+        }
         else if (a == "--seed") options.seed = parse_count(a, value());
         else if (a == "--threads") options.n_threads = uint32_t(parse_count(a, value()));
+        else if (a == "--device") {
+            std::string d = value();
+            options.device = d == "cpu" ? COMMVQ_DEVICE_CPU : int32_t(parse_count(a, d.c_str()));
+        }
         else usage_error("unknown option " + a);
     }
 
     commvq::Codebook cb;
     if (!codebook_path.empty()) {
-        if (!input.empty() || !output.empty()) usage_error("--codebook evaluates; it takes no --input or --output");
-        if (evals.empty()) usage_error("--codebook needs at least one --eval FILE");
+        if (!input.empty()) usage_error("--codebook evaluates or re-saves a codebook; it takes no --input");
+        if (evals.empty() && output.empty()) usage_error("--codebook needs --eval FILE or -o FILE");
+        if (attention_beta > 0) usage_error("--attention-weight applies to training, not to --codebook");
         cb = commvq::load_codebook(codebook_path);
+        if (!output.empty()) cb = write_codebook(cb, output, storage);
     } else {
         if (input.empty() || output.empty()) usage_error("--input and --output are required");
         KvFile kv = read_kv(input);
         std::fprintf(stderr, "%s: %u layers, %llu tokens, %u KV heads, head_dim %u\n", input.c_str(), kv.n_layers,
                      (unsigned long long)kv.n_tokens, kv.n_kv_heads, kv.head_dim);
+        std::vector<float> value_weights;  // [L][T], kept alive through training
+        if (attention_beta > 0) {
+            value_weights = attention_value_weights(kv, options, attention_beta, input);
+            options.value_weights = value_weights.data();
+        }
         ProgressBar bar(quiet);
         commvq::train::TrainReport report;
         auto start = std::chrono::steady_clock::now();
@@ -275,7 +440,7 @@ int run(int argc, char** argv) {
             &report);
         bar.finish();
         double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        commvq::save_codebook(cb, output);
+        cb = write_codebook(cb, output, storage);
         std::printf("wrote %s: %u layers, R=%u, C=%u, value bits %u, I=%u, trained on %llu tokens per layer in %.0f s\n",
                     output.c_str(), cb.n_layers, cb.key_stages, cb.sub_centers, cb.value_bits, cb.value_hidden,
                     (unsigned long long)report.samples, seconds);

@@ -43,6 +43,19 @@ namespace Commvq.Loader
                 Library.Check(Library.Api.commvq_codebook_save(lease.Pointer, p));
         }
 
+        /// <summary>
+        /// Writes the codebook file with a storage dtype: COMMVQ_DTYPE_F32 (as
+        /// Save), _F16 or _BF16, which round the key sub-centers and value
+        /// matrices to that type (about half the file; the file's fingerprint
+        /// is then that of the rounded values).
+        /// </summary>
+        public unsafe void SaveAs(string path, int dtype)
+        {
+            using (var lease = new Lease(Handle, nameof(Codebook)))
+            fixed (byte* p = Library.CString(path))
+                Library.Check(Library.Api.commvq_codebook_save_as(lease.Pointer, p, dtype));
+        }
+
         public unsafe commvq_codebook_info_t Info()
         {
             var info = new commvq_codebook_info_t();

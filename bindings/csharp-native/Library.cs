@@ -41,6 +41,7 @@ namespace Commvq.Loader
         public Functions.commvq_codebook_load commvq_codebook_load;
         public Functions.commvq_codebook_load_memory commvq_codebook_load_memory;
         public Functions.commvq_codebook_save commvq_codebook_save;
+        public Functions.commvq_codebook_save_as commvq_codebook_save_as;
         public Functions.commvq_codebook_free commvq_codebook_free;
         public Functions.commvq_codebook_get_info commvq_codebook_get_info;
         public Functions.commvq_codebook_encode_keys commvq_codebook_encode_keys;

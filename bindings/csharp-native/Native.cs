@@ -132,6 +132,9 @@ namespace Commvq.Loader
         public int device;
         public IntPtr progress;  // commvq_progress_fn
         public IntPtr progress_user;
+        public uint value_hidden;
+        public IntPtr model_name;     // const char*: UTF-8, NUL-terminated, alive during the call
+        public IntPtr value_weights;  // const float*: [n_layers][n_tokens], alive during the call
     }
 
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
@@ -160,6 +163,8 @@ namespace Commvq.Loader
         public delegate int commvq_codebook_load_memory(void* data, UIntPtr size, IntPtr* @out);
         [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
         public delegate int commvq_codebook_save(IntPtr cb, byte* path);
+        [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+        public delegate int commvq_codebook_save_as(IntPtr cb, byte* path, int dtype);
         [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
         public delegate void commvq_codebook_free(IntPtr cb);
         [UnmanagedFunctionPointer(CallingConvention.Cdecl)]

@@ -16,8 +16,8 @@
 #define COMMVQ_GO_FUNCTIONS(X)                                                                  \
     X(version_number) X(version_string) X(status_string) X(last_error) X(cuda_available)        \
     X(device_count) X(codebook_info_init) X(codebook_load) X(codebook_load_memory)               \
-    X(codebook_save) X(codebook_free) X(codebook_get_info) X(codebook_encode_keys)                \
-    X(codebook_reconstruct) X(cache_params_init) X(cache_create)                                 \
+    X(codebook_save) X(codebook_save_as) X(codebook_free) X(codebook_get_info)                   \
+    X(codebook_encode_keys) X(codebook_reconstruct) X(cache_params_init) X(cache_create)         \
     X(cache_destroy) X(cache_append) X(cache_attend) X(cache_attend_batch) X(cache_seq_length)  \
     X(cache_seq_clear) X(cache_seq_truncate) X(cache_seq_fork) X(cache_stats_init)               \
     X(cache_get_stats) X(cache_seq_save) X(cache_seq_load) X(cache_set_stream)                   \
@@ -58,6 +58,10 @@ static inline commvq_status_t cq_codebook_load_memory(const commvq_go_api* a, co
 static inline commvq_status_t cq_codebook_save(const commvq_go_api* a, const commvq_codebook_t* cb,
                                                const char* path) {
     return a->codebook_save(cb, path);
+}
+static inline commvq_status_t cq_codebook_save_as(const commvq_go_api* a, const commvq_codebook_t* cb,
+                                                  const char* path, int32_t dtype) {
+    return a->codebook_save_as(cb, path, dtype);
 }
 static inline void cq_codebook_free(const commvq_go_api* a, commvq_codebook_t* cb) { a->codebook_free(cb); }
 static inline commvq_status_t cq_codebook_get_info(const commvq_go_api* a, const commvq_codebook_t* cb,

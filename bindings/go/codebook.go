@@ -92,6 +92,22 @@ func (cb *Codebook) Save(path string) error {
 	return err
 }
 
+// SaveAs writes the codebook file with a storage dtype: DtypeF32 (as Save),
+// DtypeF16 or DtypeBF16, which round the key sub-centers and value matrices
+// to that type (about half the file; the file's fingerprint is then that of
+// the rounded values).
+func (cb *Codebook) SaveAs(path string, dtype int32) error {
+	ptr, err := cb.live()
+	if err != nil {
+		return err
+	}
+	cPath := C.CString(path)
+	defer C.free(unsafe.Pointer(cPath))
+	err = cb.lib.call(func() C.commvq_status_t { return C.cq_codebook_save_as(cb.lib.api, ptr, cPath, C.int32_t(dtype)) })
+	runtime.KeepAlive(cb)
+	return err
+}
+
 // Info describes the model and the codebook.
 func (cb *Codebook) Info() (CodebookInfo, error) {
 	ptr, err := cb.live()

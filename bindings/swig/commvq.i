@@ -41,9 +41,14 @@
 %rename(TrainParams) commvq_train_params;
 
 /* A progress callback cannot be a plain value in Java or C#; training from
- * these bindings runs without one. */
+ * these bindings runs without one. The same for the two pointers the struct
+ * would hold across the call (a managed string or array could move or be
+ * collected meanwhile): these bindings train with no model name and no value
+ * weights. value_hidden is an ordinary field. */
 %ignore commvq_train_params::progress;
 %ignore commvq_train_params::progress_user;
+%ignore commvq_train_params::model_name;
+%ignore commvq_train_params::value_weights;
 
 /* Parameter structs start at the library's defaults. */
 %define COMMVQ_INIT_CONSTRUCTOR(TAG, TYPE, INIT)

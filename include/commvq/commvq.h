@@ -44,7 +44,7 @@ extern "C" {
 
 /* ---- version ----------------------------------------------------------- */
 #define COMMVQ_VERSION_MAJOR 0
-#define COMMVQ_VERSION_MINOR 1
+#define COMMVQ_VERSION_MINOR 2
 #define COMMVQ_VERSION_PATCH 0
 #define COMMVQ_VERSION_NUMBER \
     (COMMVQ_VERSION_MAJOR * 10000 + COMMVQ_VERSION_MINOR * 100 + COMMVQ_VERSION_PATCH)
@@ -146,12 +146,23 @@ typedef struct commvq_codebook_info {
 
 COMMVQ_API void commvq_codebook_info_init(commvq_codebook_info_t* info);
 
-/* Load a codebook from a safetensors file (docs/FORMATS.md). */
+/* Load a codebook from a safetensors file (docs/FORMATS.md); its tensors may
+ * be F32, F16 or BF16 and are widened exactly to float32. */
 COMMVQ_API commvq_status_t commvq_codebook_load(const char* path, commvq_codebook_t** out);
 /* The same from bytes in memory; the bytes are copied. */
 COMMVQ_API commvq_status_t commvq_codebook_load_memory(const void* data, size_t size,
                                                       commvq_codebook_t** out);
+/* Writes the codebook file with every tensor in float32: loading it gives
+ * back the same values and fingerprint. */
 COMMVQ_API commvq_status_t commvq_codebook_save(const commvq_codebook_t* cb, const char* path);
+/* The same with a storage dtype: COMMVQ_DTYPE_F32 (as commvq_codebook_save),
+ * COMMVQ_DTYPE_F16 or COMMVQ_DTYPE_BF16, which round the key sub-centers and
+ * the value encoder's and codebook's matrices to that type (about half the
+ * file) and keep the per-channel vectors in float32. The file's fingerprint
+ * is that of the rounded values (what loading it gives), so it differs from
+ * cb's unless the rounding changes nothing (docs/FORMATS.md). */
+COMMVQ_API commvq_status_t commvq_codebook_save_as(const commvq_codebook_t* cb, const char* path,
+                                                  int32_t dtype);
 COMMVQ_API void commvq_codebook_free(commvq_codebook_t* cb); /* NULL is fine */
 /* Fills the first min(info->struct_size, sizeof) bytes; set struct_size first
  * (commvq_codebook_info_init does). */
@@ -308,9 +319,15 @@ typedef struct commvq_train_params {
     float value_lr;           /* default 1e-3 */
     uint64_t seed;            /* default 0 */
     uint32_t n_threads;       /* 0 = all cores */
-    int32_t device;           /* COMMVQ_DEVICE_CPU or a CUDA ordinal */
+    int32_t device;           /* COMMVQ_DEVICE_CPU or a CUDA ordinal (EM and value training on that GPU) */
     commvq_progress_fn progress; /* may be NULL */
     void* progress_user;
+    /* Fields added later; a caller built against an older header passes a
+     * smaller struct_size and gets their defaults. */
+    uint32_t value_hidden;    /* I, the value encoder's width; 0 = min(4096, 4n), n = n_kv_heads*head_dim*value_bits/2 */
+    const char* model_name;   /* recorded in the codebook (UTF-8, copied); NULL = "" */
+    const float* value_weights; /* NULL, or float32 [n_layers][n_tokens]: weight (finite, >= 0) of each
+                                   token's value reconstruction error in training; NULL = all 1 */
 } commvq_train_params_t;
 
 COMMVQ_API void commvq_train_params_init(commvq_train_params_t* params);

@@ -38,6 +38,9 @@ commvq_train_params_t default_train_params() {
     p.device = COMMVQ_DEVICE_CPU;
     p.progress = nullptr;
     p.progress_user = nullptr;
+    p.value_hidden = 0;
+    p.model_name = nullptr;
+    p.value_weights = nullptr;
     return p;
 }
 
@@ -59,13 +62,8 @@ COMMVQ_API commvq_status_t commvq_train(const commvq_train_params_t* params, uin
         require_arg(keys, fn, "keys");
         require_arg(values, fn, "values");
         require_arg(out, fn, "out");
-        if (p.device != COMMVQ_DEVICE_CPU) {
-            if (p.device < 0) throw Error(COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": device " +
-                                                                          std::to_string(p.device) + " is not a device");
-            throw Error(COMMVQ_ERR_NOT_SUPPORTED,
-                        std::string(fn) + ": training runs on the CPU only (device must be COMMVQ_DEVICE_CPU)");
-        }
         commvq::train::TrainOptions o;
+        o.device = p.device;  // checked by train_codebook
         o.value_bits = p.value_bits;
         o.key_stages = p.key_stages;
         o.sub_centers = p.sub_centers;
@@ -85,6 +83,9 @@ COMMVQ_API commvq_status_t commvq_train(const commvq_train_params_t* params, uin
         o.value_lr = p.value_lr;
         o.seed = p.seed;
         o.n_threads = p.n_threads;
+        o.value_hidden = p.value_hidden;
+        if (p.model_name) o.model_name = p.model_name;
+        o.value_weights = p.value_weights;  // checked by train_codebook
         commvq::train::TrainProgress progress;
         if (p.progress) {
             progress = [&p](const std::string& phase, double fraction, double) {

@@ -2,14 +2,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 #include <random>
 
+#include "backend.h"
 #include "error.h"
 #include "key_trainer.h"
 #include "pair_layout.h"
 #include "parallel.h"
 #include "value_trainer.h"
+#include "value_trainer_cuda.h"
 
 namespace commvq {
 namespace train {
@@ -29,6 +32,23 @@ void validate(const TrainOptions& o, uint32_t n_layers, uint32_t n_kv_heads, uin
             "unknown pair layout " + std::to_string(o.pair_layout));
     invalid(o.scale_mode == COMMVQ_SCALE_TOKEN || o.scale_mode == COMMVQ_SCALE_HEAD,
             "unknown scale mode " + std::to_string(o.scale_mode));
+    invalid(o.device >= COMMVQ_DEVICE_CPU,
+            "device " + std::to_string(o.device) + " is neither COMMVQ_DEVICE_CPU (-1) nor a CUDA ordinal");
+    if (o.device >= 0) {
+#ifdef COMMVQ_WITH_CUDA
+        const int32_t n_devices = cuda_device_count();
+#else
+        const int32_t n_devices = 0;
+#endif
+        require(n_devices > 0, COMMVQ_ERR_NOT_SUPPORTED,
+                "training on CUDA device " + std::to_string(o.device) +
+                    " asked for, but this library was built without CUDA or no usable CUDA device is present");
+        invalid(o.device < n_devices, "training on CUDA device " + std::to_string(o.device) + " asked for, but " +
+                                          std::to_string(n_devices) + " usable CUDA device(s) are present");
+    }
+    invalid(o.value_hidden <= 65536, "value_hidden must be at most 65536 (0 = min(4096, 4n)), got " +
+                                         std::to_string(o.value_hidden));
+    invalid(is_valid_utf8(o.model_name), "model_name is not valid UTF-8");
     invalid(o.max_samples > 0, "max_samples must be positive");
     invalid(o.key_max_steps > 0, "key_max_steps must be positive");
     invalid(o.value_batch > 0, "value_batch must be positive");
@@ -43,6 +63,15 @@ void validate(const TrainOptions& o, uint32_t n_layers, uint32_t n_kv_heads, uin
         for (size_t i = 0; i < count; ++i)
             invalid(std::isfinite(x[i]), std::string(x == keys ? "keys" : "values") + " element " +
                                              std::to_string(i) + " is not finite");
+    if (o.value_weights)
+        for (size_t i = 0; i < size_t(n_layers) * n_tokens; ++i)
+            if (!(std::isfinite(o.value_weights[i]) && o.value_weights[i] >= 0)) {
+                char value[32];
+                std::snprintf(value, sizeof value, "%g", double(o.value_weights[i]));
+                invalid(false, "value_weights element " + std::to_string(i) + " (layer " +
+                                   std::to_string(i / n_tokens) + ", token " + std::to_string(i % n_tokens) + ") is " +
+                                   value + "; weights must be finite and >= 0");
+            }
 }
 
 // The tokens trained on: all of them, or max_samples drawn without
@@ -123,6 +152,7 @@ Codebook train_codebook(const TrainOptions& options, uint32_t n_layers, uint32_t
     key_config.sub_centers = options.sub_centers;
     key_config.max_steps = options.key_max_steps;
     key_config.n_threads = threads;
+    key_config.device = options.device;
     ValueTrainConfig value_config;
     value_config.value_bits = options.value_bits;
     value_config.hidden = cb.value_hidden;
@@ -132,7 +162,7 @@ Codebook train_codebook(const TrainOptions& options, uint32_t n_layers, uint32_t
     value_config.gumbel = options.value_gumbel;
     value_config.n_threads = threads;
 
-    std::vector<float> samples(N * head_dim), scales(N), layer_values(N * D);
+    std::vector<float> samples(N * head_dim), scales(N), layer_values(N * D), layer_weights;
     for (uint32_t l = 0; l < n_layers; ++l) {
         const float* layer_keys = keys + size_t(l) * n_tokens * D;
         std::vector<float>& sub_centers = cb.layers[l].keys.sub_centers;
@@ -160,14 +190,29 @@ Codebook train_codebook(const TrainOptions& options, uint32_t n_layers, uint32_t
 
         for (size_t i = 0; i < N; ++i)
             std::copy_n(values + (size_t(l) * n_tokens + rows[i]) * D, D, layer_values.data() + i * D);
+        if (options.value_weights) {
+            layer_weights.resize(N);
+            for (size_t i = 0; i < N; ++i) layer_weights[i] = options.value_weights[size_t(l) * n_tokens + rows[i]];
+        }
         uint64_t seed = options.seed * 0x100000001b3ull + (uint64_t(l) << 20) + 0xfffff;
         ValueCodebook& vc = cb.layers[l].values;
         vc = init_value_codebook(layer_values.data(), N, D, options.value_bits, cb.value_hidden, seed);
         const double value_start = done;
-        train_value_codebook(vc, layer_values.data(), N, D, value_config, seed,
-                             [&](uint32_t step, double loss) {
-                                 report_progress("values layer " + std::to_string(l), value_start + step + 1, loss);
-                             });
+        const ValueStepHook value_hook = [&](uint32_t step, double loss) {
+            report_progress("values layer " + std::to_string(l), value_start + step + 1, loss);
+        };
+        const float* value_weights = options.value_weights ? layer_weights.data() : nullptr;
+        if (options.device >= 0) {
+#ifdef COMMVQ_WITH_CUDA
+            train_value_codebook_cuda(vc, layer_values.data(), N, D, value_config, seed, value_hook, value_weights,
+                                      options.device);
+#else
+            throw Error(COMMVQ_ERR_NOT_SUPPORTED, "value training on CUDA device " + std::to_string(options.device) +
+                                                      " asked for, but this library was built without CUDA");
+#endif
+        } else {
+            train_value_codebook(vc, layer_values.data(), N, D, value_config, seed, value_hook, value_weights);
+        }
         done = value_start + options.value_steps;
         rep.value_mse.push_back(
             value_mse(vc, layer_values.data(), N, D, options.value_bits, cb.value_hidden, threads));

@@ -32,6 +32,11 @@ struct TrainOptions {
     bool value_gumbel = true;
     uint64_t seed = 0;
     uint32_t n_threads = 0;  // 0 = all cores
+    int32_t device = -1;     // COMMVQ_DEVICE_CPU, or the CUDA ordinal that runs EM and the value trainer
+    // Weight of each token's value reconstruction error, float32
+    // [n_layers][n_tokens], or nullptr for 1 (attention_weights.h makes
+    // 1 + beta * attention mass from queries: the attention-weighted term).
+    const float* value_weights = nullptr;
 };
 
 // What training measured, on the training tokens.

@@ -85,7 +85,8 @@ ValueObjective::ValueObjective(uint32_t value_dim, uint32_t value_bits, uint32_t
       n_threads_(std::max<uint32_t>(n_threads, 1)) {}
 
 double ValueObjective::evaluate(const ValueCodebook& vc, const float* v, uint32_t batch,
-                                const float* noise, OptionChoice choice, ValueCodebook* grads) {
+                                const float* noise, OptionChoice choice, ValueCodebook* grads,
+                                const float* row_weight) {
     const size_t B = batch, D = D_, I = I_, O = 4 * size_t(n_), K = 2 * size_t(n_);
     u_.resize(B * D); xhat_.resize(B * D); h0_.resize(B * D); rstd_.resize(B);
     a1_.resize(B * I); h1_.resize(B * I);
@@ -167,11 +168,13 @@ double ValueObjective::evaluate(const ValueCodebook& vc, const float* v, uint32_
         for (size_t c = 0; c < D; ++c) y2 += double(y_[b * D + c]) * y_[b * D + c];
         ynorm_[b] = float(std::sqrt(y2));
         double scale = (sigma_[b] + kValueEps) / (ynorm_[b] + kValueEps);
+        double row = 0;
         for (size_t c = 0; c < D; ++c) {
             vhat_[b * D + c] = float(y_[b * D + c] * scale * (vc.lambda[c] + kValueEps));
             double diff = double(vhat_[b * D + c]) - v[b * D + c];
-            loss += diff * diff;
+            row += diff * diff;
         }
+        loss += (row_weight ? row_weight[b] : 1.0) * row;
     }
     loss /= 2.0 * double(B) * D;
     if (!grads) return loss;
@@ -184,9 +187,10 @@ double ValueObjective::evaluate(const ValueCodebook& vc, const float* v, uint32_
     for (size_t b = 0; b < B; ++b) {
         // q = dL/dv_hat * (lambda + eps); v_hat = (sigma+eps) * y / (|y|+eps) * (lambda+eps).
         double ny = ynorm_[b], den = ny + kValueEps, qy = 0;
+        const double w = (row_weight ? row_weight[b] : 1.0) * inv_count;
         std::vector<double> q(D);
         for (size_t c = 0; c < D; ++c) {
-            q[c] = (double(vhat_[b * D + c]) - v[b * D + c]) * inv_count * (vc.lambda[c] + kValueEps);
+            q[c] = (double(vhat_[b * D + c]) - v[b * D + c]) * w * (vc.lambda[c] + kValueEps);
             qy += q[c] * y_[b * D + c];
         }
         double s = sigma_[b] + kValueEps;
@@ -267,7 +271,7 @@ ValueCodebook init_value_codebook(const float* values, size_t n_tokens, uint32_t
 
 void train_value_codebook(ValueCodebook& vc, const float* values, size_t n_tokens,
                           uint32_t value_dim, const ValueTrainConfig& config, uint64_t seed,
-                          const ValueStepHook& hook) {
+                          const ValueStepHook& hook, const float* token_weight) {
     require(n_tokens > 0 && config.batch > 0, COMMVQ_ERR_INVALID_ARGUMENT,
             "value training needs tokens and a batch size");
     const size_t D = value_dim, O = 2 * size_t(value_dim) * config.value_bits;
@@ -281,16 +285,17 @@ void train_value_codebook(ValueCodebook& vc, const float* values, size_t n_token
         m2.emplace_back(p->size(), 0.0f);
     }
     std::mt19937_64 rng(mix(seed));
-    std::vector<float> v(size_t(batch) * D), noise(size_t(batch) * O);
+    std::vector<float> v(size_t(batch) * D), noise(size_t(batch) * O), weight(batch);
     for (uint32_t step = 0; step < config.steps; ++step) {
         for (uint32_t b = 0; b < batch; ++b) {
             size_t t = rng() % n_tokens;
             std::memcpy(v.data() + size_t(b) * D, values + t * D, D * sizeof(float));
+            if (token_weight) weight[b] = token_weight[t];
         }
         if (config.gumbel)
             for (size_t k = 0; k < noise.size(); ++k) noise[k] = gumbel(seed, (uint64_t(step) << 32) + k);
         double loss = objective.evaluate(vc, v.data(), batch, config.gumbel ? noise.data() : nullptr,
-                                         OptionChoice::kHard, &grads);
+                                         OptionChoice::kHard, &grads, token_weight ? weight.data() : nullptr);
         auto g = value_parameters(grads);
         double norm2 = 0;
         for (auto* p : g)

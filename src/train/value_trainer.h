@@ -49,11 +49,13 @@ public:
     ValueObjective(uint32_t value_dim, uint32_t value_bits, uint32_t hidden, uint32_t n_threads);
 
     // v: [batch][D]. noise: Gumbel noise [batch][4n] added to the logits, or
-    // nullptr. Returns mean over batch and channels of (v_hat - v)^2 / 2 and,
-    // when grads is not null, writes its gradient w.r.t. value_parameters()
-    // (lambda's entry is left zero: lambda is fixed).
+    // nullptr. row_weight: [batch] weight of each token's error, or nullptr
+    // for 1. Returns sum over the batch of row_weight * sum over channels of
+    // (v_hat - v)^2, divided by 2 * batch * D (with unit weights: half the
+    // mean squared error) and, when grads is not null, writes its gradient
+    // w.r.t. value_parameters() (lambda's entry is left zero: lambda is fixed).
     double evaluate(const ValueCodebook& vc, const float* v, uint32_t batch, const float* noise,
-                    OptionChoice choice, ValueCodebook* grads);
+                    OptionChoice choice, ValueCodebook* grads, const float* row_weight = nullptr);
 
     // v_hat of the batch of the last evaluate() call, [batch][D].
     const std::vector<float>& reconstruction() const { return vhat_; }
@@ -72,9 +74,11 @@ ValueCodebook init_value_codebook(const float* values, size_t n_tokens, uint32_t
                                   uint32_t value_bits, uint32_t hidden, uint64_t seed);
 
 // Trains vc in place on values [n_tokens][D] (batches drawn with the seed).
+// token_weight: [n_tokens] weight of each token's reconstruction error in
+// the loss (e.g. 1 + beta * its attention mass), or nullptr for 1.
 void train_value_codebook(ValueCodebook& vc, const float* values, size_t n_tokens,
                           uint32_t value_dim, const ValueTrainConfig& config, uint64_t seed,
-                          const ValueStepHook& hook);
+                          const ValueStepHook& hook, const float* token_weight = nullptr);
 
 // Mean squared error (v_hat - v)^2 of the trained model (argmax, no noise)
 // over all tokens, in the values' own units.

@@ -8,6 +8,7 @@
  * 1e-5 relative; with compressed tokens, outputs must be fully written and
  * finite, and a saved and reloaded sequence must attend bit for bit alike. */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,6 +178,58 @@ static commvq_codebook_t* test_codebook(const char* data_dir) {
     return cb;
 }
 
+static long file_size(const char* path) {
+    long size = -1;
+    FILE* f = fopen(path, "rb");
+    if (f) {
+        fseek(f, 0, SEEK_END);
+        size = ftell(f);
+        fclose(f);
+    }
+    return size;
+}
+
+/* commvq_codebook_save_as: an F16 copy is smaller, loads with the fingerprint
+ * of its rounded values, and saved again as F16 or F32 keeps that identity. */
+static commvq_codebook_t* test_half_storage(const commvq_codebook_t* cb) {
+    commvq_codebook_t *half = NULL, *again = NULL;
+    commvq_codebook_info_t info, info_half, info_again;
+    FILE* f;
+    commvq_codebook_info_init(&info);
+    commvq_codebook_info_init(&info_half);
+    commvq_codebook_info_init(&info_again);
+    EXPECT_OK(commvq_codebook_get_info(cb, &info));
+    EXPECT_OK(commvq_codebook_save(cb, "c_api_test_f32.safetensors"));
+    EXPECT_OK(commvq_codebook_save_as(cb, "c_api_test_f16.safetensors", COMMVQ_DTYPE_F16));
+    EXPECT(file_size("c_api_test_f16.safetensors") > 0);
+    EXPECT(file_size("c_api_test_f16.safetensors") < file_size("c_api_test_f32.safetensors") * 2 / 3);
+    EXPECT_OK(commvq_codebook_load("c_api_test_f16.safetensors", &half));
+    EXPECT_OK(commvq_codebook_get_info(half, &info_half));
+    EXPECT(info_half.fingerprint != info.fingerprint); /* the rounded values are another codebook */
+    EXPECT(info_half.key_stages == info.key_stages && info_half.value_hidden == info.value_hidden);
+    EXPECT_OK(commvq_codebook_save_as(half, "c_api_test_f16_f32.safetensors", COMMVQ_DTYPE_F32));
+    EXPECT_OK(commvq_codebook_load("c_api_test_f16_f32.safetensors", &again));
+    EXPECT_OK(commvq_codebook_get_info(again, &info_again));
+    EXPECT(info_again.fingerprint == info_half.fingerprint);
+    commvq_codebook_free(again);
+    again = NULL;
+    EXPECT_OK(commvq_codebook_save_as(half, "c_api_test_f16_f16.safetensors", COMMVQ_DTYPE_F16));
+    EXPECT_OK(commvq_codebook_load("c_api_test_f16_f16.safetensors", &again));
+    EXPECT_OK(commvq_codebook_get_info(again, &info_again));
+    EXPECT(info_again.fingerprint == info_half.fingerprint);
+    commvq_codebook_free(again);
+    EXPECT_STATUS(commvq_codebook_save_as(cb, "c_api_test_bad.safetensors", 9), COMMVQ_ERR_INVALID_ARGUMENT);
+    EXPECT(strlen(commvq_last_error()) > 0);
+    f = fopen("c_api_test_bad.safetensors", "rb");
+    EXPECT(f == NULL);
+    if (f) fclose(f);
+    remove("c_api_test_f32.safetensors");
+    remove("c_api_test_f16.safetensors");
+    remove("c_api_test_f16_f32.safetensors");
+    remove("c_api_test_f16_f16.safetensors");
+    return half;
+}
+
 static void test_codebook_tools(const commvq_codebook_t* cb) {
     float k[4 * D], v[4 * D], k_out[4 * D], v_out[4 * D], scales[4];
     uint16_t codes[4 * 11];
@@ -301,7 +354,7 @@ static void test_cache(const commvq_codebook_t* cb, double theta) {
 
 static void test_training(void) {
     enum { N = 256 };
-    static float k[N * HKV * D], v[N * HKV * D];
+    static float k[N * HKV * D], v[N * HKV * D], weights[N];
     commvq_train_params_t params;
     commvq_codebook_t* cb = NULL;
     commvq_codebook_info_t info;
@@ -323,6 +376,33 @@ static void test_training(void) {
     EXPECT(info.n_layers == 1 && info.head_dim == D);
     commvq_codebook_free(cb);
 
+    /* The fields at the end: value_hidden, model_name, value_weights. */
+    for (i = 0; i < N; ++i) weights[i] = (float)(i % 3);
+    params.progress = NULL;
+    params.value_hidden = 8;
+    params.model_name = "c-api-test";
+    params.value_weights = weights;
+    cb = NULL;
+    EXPECT_OK(commvq_train(&params, 1, HKV, D, N, k, v, &cb));
+    commvq_codebook_info_init(&info);
+    EXPECT_OK(commvq_codebook_get_info(cb, &info));
+    EXPECT(info.value_hidden == 8);
+    commvq_codebook_free(cb);
+    weights[5] = -1.0f;
+    cb = NULL;
+    EXPECT_STATUS(commvq_train(&params, 1, HKV, D, N, k, v, &cb), COMMVQ_ERR_INVALID_ARGUMENT);
+    EXPECT(cb == NULL);
+    /* A caller built against the older header: its struct ends before them. */
+    params.struct_size = (uint32_t)offsetof(commvq_train_params_t, value_hidden);
+    params.value_hidden = 123456789;
+    EXPECT_OK(commvq_train(&params, 1, HKV, D, N, k, v, &cb));
+    EXPECT_OK(commvq_codebook_get_info(cb, &info));
+    EXPECT(info.value_hidden == 32); /* the default min(4096, 4n), n = 16 * 1 / 2 */
+    commvq_codebook_free(cb);
+    params.struct_size = (uint32_t)sizeof params;
+    params.value_hidden = 0;
+    params.value_weights = NULL;
+
     cb = NULL;
     params.progress = cancel_progress;
     EXPECT_STATUS(commvq_train(&params, 1, HKV, D, N, k, v, &cb), COMMVQ_ERR_CANCELLED);
@@ -330,7 +410,7 @@ static void test_training(void) {
 }
 
 int main(int argc, char** argv) {
-    commvq_codebook_t* cb;
+    commvq_codebook_t *cb, *half = NULL;
     commvq_codebook_info_t info;
     if (argc < 2) {
         fprintf(stderr, "usage: %s <tests/data directory>\n", argv[0]);
@@ -343,6 +423,9 @@ int main(int argc, char** argv) {
         EXPECT_OK(commvq_codebook_get_info(cb, &info));
         test_codebook_tools(cb);
         test_cache(cb, info.rope.theta);
+        half = test_half_storage(cb);
+        if (half) test_cache(half, info.rope.theta); /* a cache from an F16 file attends as well */
+        commvq_codebook_free(half);
     }
     commvq_codebook_free(cb);
     test_training();

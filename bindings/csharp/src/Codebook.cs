@@ -56,6 +56,18 @@ namespace Commvq
                 CommvqNative.codebook_save(lease.Pointer, path);
         }
 
+        /// <summary>
+        /// Writes the codebook file with a storage dtype: Constants.DTYPE_F32
+        /// (as Save), DTYPE_F16 or DTYPE_BF16, which round the key sub-centers
+        /// and value matrices to that type (about half the file; the file's
+        /// fingerprint is then that of the rounded values).
+        /// </summary>
+        public void Save(string path, int dtype)
+        {
+            using (var lease = new Lease(Handle, nameof(Codebook)))
+                CommvqNative.codebook_save_as(lease.Pointer, path, dtype);
+        }
+
         public CodebookInfo Info()
         {
             var info = new CodebookInfo();

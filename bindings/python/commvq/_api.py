@@ -156,6 +156,9 @@ class TrainParams(Structure):
         ("device", c_int32),
         ("progress", ProgressFn),
         ("progress_user", c_void_p),
+        ("value_hidden", c_uint32),
+        ("model_name", c_char_p),
+        ("value_weights", POINTER(c_float)),
     ]
 
 
@@ -171,6 +174,7 @@ FUNCTIONS = (
     ("commvq_codebook_load", Status, (c_char_p, POINTER(CodebookPtr))),
     ("commvq_codebook_load_memory", Status, (c_void_p, c_size_t, POINTER(CodebookPtr))),
     ("commvq_codebook_save", Status, (CodebookPtr, c_char_p)),
+    ("commvq_codebook_save_as", Status, (CodebookPtr, c_char_p, c_int32)),
     ("commvq_codebook_free", None, (CodebookPtr,)),
     ("commvq_codebook_get_info", Status, (CodebookPtr, POINTER(CodebookInfo))),
     ("commvq_codebook_encode_keys", Status,

@@ -37,14 +37,17 @@ class Codebook:
         return cls(handle)
 
     @classmethod
-    def train(cls, keys, values, progress=None, **params):
+    def train(cls, keys, values, progress=None, model_name=None, value_weights=None, **params):
         """Trains a codebook on pre-RoPE keys and values.
 
         keys, values: float32 arrays [n_layers, n_tokens, n_kv_heads, head_dim].
         params: fields of commvq_train_params_t (value_bits, key_stages,
         sub_centers, pair_layout, scale_mode, n_q_heads, max_samples,
         key_max_steps, value_steps, value_batch, value_lr, seed, n_threads,
-        device) and rope, a dict of commvq_rope_info_t fields.
+        device, value_hidden) and rope, a dict of commvq_rope_info_t fields.
+        model_name: a str recorded in the codebook. value_weights: None, or
+        [n_layers, n_tokens] weights (finite, >= 0) of each token's value
+        reconstruction error.
         progress(stage, fraction) is called as training advances; a true
         result cancels it (CommvqError with ERR_CANCELLED).
         """
@@ -60,6 +63,14 @@ class Codebook:
             _set_field(p.rope, name, value)
         for name, value in params.items():
             _set_field(p, name, value)
+        if model_name is not None:
+            p.model_name = model_name.encode("utf-8")  # p keeps the bytes alive through the call
+        if value_weights is not None:
+            value_weights = np.ascontiguousarray(value_weights, dtype=np.float32)
+            if value_weights.shape != keys.shape[:2]:
+                raise ValueError(f"value_weights must be [n_layers, n_tokens] = {list(keys.shape[:2])}, "
+                                 f"got {list(value_weights.shape)}")
+            p.value_weights = _floats(value_weights)
 
         failure = []  # an exception raised by progress, re-raised after the call
 
@@ -81,8 +92,15 @@ class Codebook:
         check(status)
         return cls(handle)
 
-    def save(self, path):
-        check(self._lib.commvq_codebook_save(self._live(), os.fsencode(path)))
+    def save(self, path, storage="f32"):
+        """Writes the codebook file. storage: "f32" (exact), "f16" or "bf16"
+        (key sub-centers and value matrices rounded to that type: about half
+        the file; the file's fingerprint is then that of the rounded values),
+        or one of DTYPE_F32, DTYPE_F16, DTYPE_BF16."""
+        if isinstance(storage, str) and storage not in _STORAGE:
+            raise ValueError(f"storage must be one of {', '.join(_STORAGE)}, got {storage!r}")
+        dtype = _STORAGE.get(storage, storage)
+        check(self._lib.commvq_codebook_save_as(self._live(), os.fsencode(path), dtype))
 
     @property
     def info(self):
@@ -163,8 +181,12 @@ def _floats(array):
     return None if array is None else array.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
 
 
+_STORAGE = {"f32": _api.DTYPE_F32, "f16": _api.DTYPE_F16, "bf16": _api.DTYPE_BF16}
+
+
 def _set_field(struct, name, value):
-    if name not in dict(struct._fields_) or name in ("struct_size", "progress", "progress_user"):
+    if name not in dict(struct._fields_) or name in ("struct_size", "progress", "progress_user", "model_name",
+                                                     "value_weights"):
         raise TypeError(f"{type(struct).__name__} has no settable field {name!r}")
     setattr(struct, name, value)
 

@@ -121,6 +121,9 @@ impl Library {
             device: 0,
             progress: None,
             progress_user: ptr::null_mut(),
+            value_hidden: 0,
+            model_name: ptr::null(),
+            value_weights: ptr::null(),
         };
         unsafe { (self.api.commvq_train_params_init)(&mut params) };
         params
@@ -192,6 +195,15 @@ impl Codebook {
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = c_path(path.as_ref())?;
         self.lib.check(unsafe { (self.lib.api.commvq_codebook_save)(self.raw.as_ptr(), path.as_ptr()) })
+    }
+
+    /// Writes the codebook file with a storage dtype: `sys::COMMVQ_DTYPE_F32`
+    /// (as `save`), `_F16` or `_BF16` (key sub-centers and value matrices
+    /// rounded to that type, about half the file; the file's fingerprint is
+    /// then that of the rounded values).
+    pub fn save_as(&self, path: impl AsRef<Path>, dtype: i32) -> Result<()> {
+        let path = c_path(path.as_ref())?;
+        self.lib.check(unsafe { (self.lib.api.commvq_codebook_save_as)(self.raw.as_ptr(), path.as_ptr(), dtype) })
     }
 
     pub fn info(&self) -> Result<sys::commvq_codebook_info_t> {

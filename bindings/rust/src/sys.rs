@@ -149,6 +149,9 @@ pub struct commvq_train_params_t {
     pub device: i32,
     pub progress: commvq_progress_fn,
     pub progress_user: *mut c_void,
+    pub value_hidden: u32,
+    pub model_name: *const c_char,
+    pub value_weights: *const f32,
 }
 
 // One list of the functions generates both the table and its resolution, so
@@ -189,6 +192,8 @@ declare_api! {
     fn commvq_codebook_load_memory(data: *const c_void, size: usize,
                                    out: *mut *mut commvq_codebook_t) -> commvq_status_t;
     fn commvq_codebook_save(cb: *const commvq_codebook_t, path: *const c_char) -> commvq_status_t;
+    fn commvq_codebook_save_as(cb: *const commvq_codebook_t, path: *const c_char,
+                               dtype: i32) -> commvq_status_t;
     fn commvq_codebook_free(cb: *mut commvq_codebook_t);
     fn commvq_codebook_get_info(cb: *const commvq_codebook_t,
                                 info: *mut commvq_codebook_info_t) -> commvq_status_t;

@@ -58,6 +58,16 @@ public final class Codebook implements AutoCloseable {
     handle.run(h -> CommvqNative.codebook_save(h, path));
   }
 
+  /**
+   * Writes the codebook file with a storage dtype: Commvq.DTYPE_F32 (as
+   * save(path)), DTYPE_F16 or DTYPE_BF16, which round the key sub-centers and
+   * value matrices to that type (about half the file; the file's fingerprint
+   * is then that of the rounded values).
+   */
+  public void save(String path, int dtype) {
+    handle.run(h -> CommvqNative.codebook_save_as(h, path, dtype));
+  }
+
   public CodebookInfo info() {
     CodebookInfo info = new CodebookInfo();
     handle.run(h -> CommvqNative.codebook_get_info(h, info));
