@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What runs on the GPU machine (docs/PERF.md, docs/GPU.md): build for sm_90,
 # the gpu-labelled tests, optionally compute-sanitizer, then the benchmark.
-#   [BENCH_ARGS="decode encode prompt"] bash bench/run_gpu.sh [tests] [bench] [sanitize]
+#   [BENCH_ARGS="decode encode prompt"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train]
 # (TEST_TIMEOUT, BENCH_TIMEOUT, SANITIZE_TIMEOUT and SANITIZE_TOOLS bound each step.)
 # Logs go to $OUT when set, else build-gpu/logs.
 set -uo pipefail
@@ -10,7 +10,7 @@ mkdir -p "$OUTDIR"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUTDIR/gpu.txt"
 cmake -S . -B build-gpu -G Ninja -DCOMMVQ_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCOMMVQ_BUILD_BINDINGS=OFF \
   -DCOMMVQ_BUILD_EXAMPLES=OFF > "$OUTDIR/configure.log" 2>&1 || { tail -30 "$OUTDIR/configure.log"; exit 1; }
-cmake --build build-gpu -j16 --target commvq_gpu_tests commvq_bench > "$OUTDIR/build.log" 2>&1 \
+cmake --build build-gpu -j16 --target commvq_gpu_tests commvq_bench train_speed > "$OUTDIR/build.log" 2>&1 \
   || { grep -E "error|FAILED" -A5 "$OUTDIR/build.log" | head -60; exit 1; }
 for step in "$@"; do
   case "$step" in
@@ -20,12 +20,15 @@ for step in "$@"; do
   sanitize)
     # racecheck instruments every shared-memory access: the short cases only.
     for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
-      cases="*random data*,*batched*,*fork*,*graph*,*capacity*"
-      [ $tool = racecheck ] && cases="*fork*,*graph*"
+      cases=${SANITIZE_CASES:-"*random data*,*batched*,*fork*,*graph*,*capacity*"}
+      [ $tool = racecheck ] && cases=${RACECHECK_CASES:-"*fork*,*graph*"}
       (cd build-gpu/tests && timeout ${SANITIZE_TIMEOUT:-150} compute-sanitizer --tool $tool --error-exitcode 9 ./commvq_gpu_tests \
         -tc="$cases") > "$OUTDIR/sanitizer_$tool.log" 2>&1
       echo "compute-sanitizer $tool: exit $?"; tail -4 "$OUTDIR/sanitizer_$tool.log"
     done ;;
+  train)
+    # Training speed, CPU (all cores) against CUDA: docs/TRAINING.md.
+    timeout ${TRAIN_TIMEOUT:-240} build-gpu/bench/train_speed ${TRAIN_ARGS:-65536 0 10 100} 2>&1 | tee "$OUTDIR/train_speed.md" ;;
   bench)
     PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-300} python3 bench/bench.py build-gpu/bench/libcommvq_bench.so ${BENCH_ARGS:-} 2>&1 | tee "$OUTDIR/bench.md" ;;
   esac

@@ -4,11 +4,13 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <random>
 
 #include "dense.h"
 #include "error.h"
+#include "key_em_cuda.h"
 #include "m_step.h"
 #include "parallel.h"
 
@@ -70,14 +72,25 @@ struct Survivor {
 class StageEm {
 public:
     StageEm(const float* samples, const float* scales, size_t n, uint32_t head_dim,
-            uint32_t sub_centers, uint32_t n_threads)
+            uint32_t sub_centers, uint32_t n_threads, int32_t device)
         : t_(samples), scales_(scales), n_(n), d_(head_dim), C_(sub_centers),
           CC_(size_t(sub_centers) * sub_centers), n_threads_(n_threads),
           n_slabs_(std::clamp<size_t>(n / kSlabSamples, 1, kMaxSlabs)),
-          hard_code_(n), hard_err_(n), slabs_(n_slabs_) {}
+          hard_code_(n), hard_err_(n), slabs_(n_slabs_) {
+        if (device < 0) return;
+#ifdef COMMVQ_WITH_CUDA
+        cuda_ = std::make_unique<KeyEStepCuda>(device, samples, scales, n, head_dim, sub_centers);
+#else
+        throw Error(COMMVQ_ERR_NOT_SUPPORTED, "key training on CUDA device " + std::to_string(device) +
+                                                  ": this library was built without CUDA");
+#endif
+    }
 
     // E-step against arbitrary centers [C*C][d] (the random start).
     void e_step_explicit(const float* centers, double temperature) {
+#ifdef COMMVQ_WITH_CUDA
+        if (cuda_) return cuda_->explicit_step(centers, temperature, result());
+#endif
         std::vector<float> ct(size_t(d_) * CC_);
         transpose(centers, ct.data(), CC_, d_);
         std::vector<float> cc(CC_);
@@ -96,6 +109,9 @@ public:
     // E-step against commutative sub-centers z [C][d]; soft = false only
     // finds the hard assignments (for the residuals).
     void e_step(const float* z, double temperature, bool soft) {
+#ifdef COMMVQ_WITH_CUDA
+        if (cuda_) return cuda_->commutative_step(z, temperature, soft, result());
+#endif
         // g^T: [d][2C], columns z_a then i z_b.
         std::vector<float> iz(size_t(C_) * d_), g(size_t(2) * C_ * d_), gt(g.size());
         for (uint32_t a = 0; a < C_; ++a) times_i(z + size_t(a) * d_, d_, iz.data() + size_t(a) * d_);
@@ -157,6 +173,9 @@ private:
         std::vector<double> weight;       // [C*C]
         double squared_error = 0;
     };
+
+    // Where a device E-step leaves its results: the same arrays as the CPU's.
+    EStepResult result() { return {&hard_code_, &hard_err_, &squared_error_, &weight_, &weighted_sum_}; }
 
     float squared_norm(const float* x) const {
         double s = 0;
@@ -301,6 +320,9 @@ private:
     mutable std::vector<Slab> slabs_;
     std::vector<double> weight_, weighted_sum_;
     double squared_error_ = 0;
+#ifdef COMMVQ_WITH_CUDA
+    std::unique_ptr<KeyEStepCuda> cuda_;
+#endif
 };
 
 KeyStageReport train_stage(float* residuals, const float* scales, size_t n, uint32_t head_dim,
@@ -308,7 +330,7 @@ KeyStageReport train_stage(float* residuals, const float* scales, size_t n, uint
                            const KeyStepHook& hook, float* sub_centers) {
     const uint32_t C = config.sub_centers, d = head_dim;
     const size_t CC = size_t(C) * C;
-    StageEm em(residuals, scales, n, d, C, config.n_threads);
+    StageEm em(residuals, scales, n, d, C, config.n_threads, config.device);
     KeyStageReport report;
 
     // Start: C*C random samples as centers, one E-step at T = 1 and one

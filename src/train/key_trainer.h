@@ -15,6 +15,9 @@ struct KeyTrainConfig {
     uint32_t sub_centers = 64;  // C
     uint32_t max_steps = 100;   // EM steps per stage
     uint32_t n_threads = 1;
+    // COMMVQ_DEVICE_CPU (-1), or a CUDA ordinal: the E-steps then run there
+    // (key_em_cuda.h); the M-step and the keep/stop logic stay on the host.
+    int32_t device = -1;
 };
 
 struct KeyStageReport {
