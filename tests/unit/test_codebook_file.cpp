@@ -14,6 +14,7 @@
 #include "error.h"
 #include "random_codebook.h"
 #include "safetensors.h"
+#include "safetensors_edit.h"
 
 using namespace commvq;
 
@@ -51,27 +52,10 @@ commvq_status_t status_of_parse(const std::vector<uint8_t>& bytes) {
 }
 
 // A file's header as JSON, and a file rebuilt from an edited header and the original data.
-struct Split {
-    nlohmann::json header;
-    std::vector<uint8_t> data;
-};
-
-Split split(const std::vector<uint8_t>& file) {
-    uint64_t n = 0;
-    for (int i = 7; i >= 0; --i) n = (n << 8) | file[i];
-    Split s;
-    s.header = nlohmann::json::parse(file.begin() + 8, file.begin() + 8 + long(n));
-    s.data.assign(file.begin() + 8 + long(n), file.end());
-    return s;
-}
-
+using Split = test::SafetensorsSplit;
+Split split(const std::vector<uint8_t>& file) { return test::split_safetensors(file); }
 std::vector<uint8_t> join(const nlohmann::json& header, const std::vector<uint8_t>& data) {
-    const std::string text = header.dump();
-    std::vector<uint8_t> out(8);
-    for (int i = 0; i < 8; ++i) out[i] = uint8_t(uint64_t(text.size()) >> (8 * i));
-    out.insert(out.end(), text.begin(), text.end());
-    out.insert(out.end(), data.begin(), data.end());
-    return out;
+    return test::join_safetensors(header, data);
 }
 
 }  // namespace
