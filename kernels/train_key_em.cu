@@ -303,33 +303,14 @@ void KeyEStepCuda::explicit_step(const float* centers, double temperature, const
     s.run(args, temperature, true, out);
 }
 
-void KeyEStepCuda::commutative_step(const float* z, double temperature, bool soft, const EStepResult& out) {
+void KeyEStepCuda::commutative_step(const float* g, const float* zz, const float* gamma, double temperature,
+                                    bool soft, const EStepResult& out) {
     Impl& s = *impl_;
     const uint32_t C = s.C, d = s.d;
-    // g = (z_a, i z_b) and the terms that do not depend on the sample, on the
-    // host exactly as key_trainer.cpp forms them (C*C*d work, negligible).
-    std::vector<float> g(size_t(2) * C * d), zz(C), gamma(s.CC);
-    std::copy(z, z + size_t(C) * d, g.begin());
-    float* iz = g.data() + size_t(C) * d;
-    for (uint32_t a = 0; a < C; ++a)
-        for (uint32_t j = 0; j < d; j += 2) {
-            iz[size_t(a) * d + j] = -z[size_t(a) * d + j + 1];
-            iz[size_t(a) * d + j + 1] = z[size_t(a) * d + j];
-        }
-    for (uint32_t a = 0; a < C; ++a) {
-        double n2 = 0;
-        for (uint32_t k = 0; k < d; ++k) n2 += double(z[size_t(a) * d + k]) * z[size_t(a) * d + k];
-        zz[a] = float(n2);
-        for (uint32_t b = 0; b < C; ++b) {
-            double x = 0;
-            for (uint32_t k = 0; k < d; ++k) x += double(z[size_t(a) * d + k]) * iz[size_t(b) * d + k];
-            gamma[size_t(a) * C + b] = float(2.0 * x);
-        }
-    }
     Scope scope(s.device);
-    s.vectors.upload(g.data(), g.size());
-    s.zz.upload(zz.data(), C);
-    s.gamma.upload(gamma.data(), s.CC);
+    s.vectors.upload(g, size_t(2) * C * d);
+    s.zz.upload(zz, C);
+    s.gamma.upload(gamma, s.CC);
     DistanceArgs args{};
     args.vectors = s.vectors.get();
     args.zz = s.zz.get();

@@ -39,9 +39,12 @@ public:
 
     // E-step against arbitrary centers [C*C][d] (the random start), soft.
     void explicit_step(const float* centers, double temperature, const EStepResult& out);
-    // E-step against the commutative centers z_A + i z_B of sub-centers
-    // z [C][d]; soft = false only finds the hard assignments.
-    void commutative_step(const float* z, double temperature, bool soft, const EStepResult& out);
+    // E-step against the commutative centers z_A + i z_B, given as the
+    // caller forms them for its own search (key_trainer.cpp): g [2C][d] (rows
+    // z_a, then i z_b), zz [C] = ||z_a||^2, gamma [C][C] = 2 <z_A, i z_B>.
+    // soft = false only finds the hard assignments.
+    void commutative_step(const float* g, const float* zz, const float* gamma, double temperature, bool soft,
+                          const EStepResult& out);
 
 private:
     struct Impl;

@@ -109,15 +109,11 @@ public:
     // E-step against commutative sub-centers z [C][d]; soft = false only
     // finds the hard assignments (for the residuals).
     void e_step(const float* z, double temperature, bool soft) {
-#ifdef COMMVQ_WITH_CUDA
-        if (cuda_) return cuda_->commutative_step(z, temperature, soft, result());
-#endif
-        // g^T: [d][2C], columns z_a then i z_b.
-        std::vector<float> iz(size_t(C_) * d_), g(size_t(2) * C_ * d_), gt(g.size());
+        // g: [2C][d], rows z_a then i z_b.
+        std::vector<float> iz(size_t(C_) * d_), g(size_t(2) * C_ * d_);
         for (uint32_t a = 0; a < C_; ++a) times_i(z + size_t(a) * d_, d_, iz.data() + size_t(a) * d_);
         std::memcpy(g.data(), z, size_t(C_) * d_ * sizeof(float));
         std::memcpy(g.data() + size_t(C_) * d_, iz.data(), size_t(C_) * d_ * sizeof(float));
-        transpose(g.data(), gt.data(), 2 * C_, d_);
         // gamma_{A,B} = 2 <z_A, i z_B>, norms ||z_a||^2 (= ||i z_a||^2).
         std::vector<float> gamma(CC_), zz(C_);
         for (uint32_t a = 0; a < C_; ++a) {
@@ -128,6 +124,11 @@ public:
                 gamma[size_t(a) * C_ + b] = float(2.0 * s);
             }
         }
+#ifdef COMMVQ_WITH_CUDA
+        if (cuda_) return cuda_->commutative_step(g.data(), zz.data(), gamma.data(), temperature, soft, result());
+#endif
+        std::vector<float> gt(g.size());  // [d][2C] for the row-major products
+        transpose(g.data(), gt.data(), 2 * C_, d_);
         auto distances = [&](const float* t, size_t m, const float* tt, float* e2, float* block_min) {
             std::vector<float> dots(m * 2 * C_);
             matmul_nn(t, gt.data(), dots.data(), m, 2 * C_, d_, false);

@@ -202,17 +202,14 @@ Codebook train_codebook(const TrainOptions& options, uint32_t n_layers, uint32_t
             report_progress("values layer " + std::to_string(l), value_start + step + 1, loss);
         };
         const float* value_weights = options.value_weights ? layer_weights.data() : nullptr;
-        if (options.device >= 0) {
+        // validate() refused a device in a build without CUDA.
 #ifdef COMMVQ_WITH_CUDA
+        if (options.device >= 0)
             train_value_codebook_cuda(vc, layer_values.data(), N, D, value_config, seed, value_hook, value_weights,
                                       options.device);
-#else
-            throw Error(COMMVQ_ERR_NOT_SUPPORTED, "value training on CUDA device " + std::to_string(options.device) +
-                                                      " asked for, but this library was built without CUDA");
+        else
 #endif
-        } else {
             train_value_codebook(vc, layer_values.data(), N, D, value_config, seed, value_hook, value_weights);
-        }
         done = value_start + options.value_steps;
         rep.value_mse.push_back(
             value_mse(vc, layer_values.data(), N, D, options.value_bits, cb.value_hidden, threads));

@@ -150,6 +150,32 @@ std::vector<double> commutative_centers(const std::vector<float>& z, uint32_t C,
     return centers;
 }
 
+// What the device step is handed for sub-centers z: g = (z_a, i z_b),
+// ||z_a||^2 and 2 <z_A, i z_B>, formed here by the definition.
+struct CommutativeTables {
+    std::vector<float> g, zz, gamma;
+    CommutativeTables(const std::vector<float>& z, uint32_t C, uint32_t d)
+        : g(size_t(2) * C * d), zz(C), gamma(size_t(C) * C) {
+        for (uint32_t a = 0; a < C; ++a)
+            for (uint32_t j = 0; j < d; j += 2) {
+                g[size_t(a) * d + j] = z[a * d + j];
+                g[size_t(a) * d + j + 1] = z[a * d + j + 1];
+                g[size_t(C + a) * d + j] = -z[a * d + j + 1];  // i z = (-y, x)
+                g[size_t(C + a) * d + j + 1] = z[a * d + j];
+            }
+        for (uint32_t a = 0; a < C; ++a) {
+            double n2 = 0;
+            for (uint32_t k = 0; k < d; ++k) n2 += double(z[a * d + k]) * z[a * d + k];
+            zz[a] = float(n2);
+            for (uint32_t b = 0; b < C; ++b) {
+                double x = 0;
+                for (uint32_t k = 0; k < d; ++k) x += double(z[a * d + k]) * g[size_t(C + b) * d + k];
+                gamma[size_t(a) * C + b] = float(2.0 * x);
+            }
+        }
+    }
+};
+
 }  // namespace
 
 TEST_CASE("gpu train: the key E-step matches a float64 reference (commutative and explicit centers)") {
@@ -165,14 +191,15 @@ TEST_CASE("gpu train: the key E-step matches a float64 reference (commutative an
         random_problem(cs.n, cs.d, cs.C, 11 + cs.C, t, scales, z);
         train::KeyEStepCuda estep(0, t.data(), scales.data(), cs.n, cs.d, cs.C);
         const std::vector<double> centers = commutative_centers(z, cs.C, cs.d);
+        const CommutativeTables tables(z, cs.C, cs.d);
         for (double T : {0.05, 1e-3}) {
             CAPTURE(T);
             Reference ref = reference_e_step(t, scales, centers, cs.n, cs.d, CC, T);
             Outputs soft(cs.n, CC, cs.d);
-            estep.commutative_step(z.data(), T, true, soft.result());
+            estep.commutative_step(tables.g.data(), tables.zz.data(), tables.gamma.data(), T, true, soft.result());
             check_against(soft, ref, cs.n, CC, t, cs.d, true, T >= 0.05 ? 1e-4 : 5e-3);
             Outputs hard(cs.n, CC, cs.d);
-            estep.commutative_step(z.data(), T, false, hard.result());
+            estep.commutative_step(tables.g.data(), tables.zz.data(), tables.gamma.data(), T, false, hard.result());
             check_against(hard, ref, cs.n, CC, t, cs.d, false, 0);
         }
         // The random start: arbitrary centers (samples), T = 1.
