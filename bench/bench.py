@@ -59,13 +59,16 @@ def main():
     if not only or "decode" in only:
         print("| bits | B | context | commvq (µs) | bf16 SDPA flash (µs) | bf16 SDPA cuDNN (µs) | ratio vs flash | ratio vs cuDNN | target (µs) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for bits in (1, 2):
-            for batch, ctx in ((1, 1024), (1, 8192), (1, 32768), (1, 131072), (8, 8192), (8, 32768)):
-                ours = lib.cvq_bench_decode(bits, batch, ctx, 50)
-                flash = sdpa_us(batch, ctx, SDPBackend.FLASH_ATTENTION)
-                cudnn = sdpa_us(batch, ctx, SDPBackend.CUDNN_ATTENTION)
-                print(f"| {bits} | {batch} | {ctx} | {ours:.1f} | {flash:.1f} | {cudnn:.1f} | "
-                      f"{ours / flash:.2f} | {ours / cudnn:.2f} | {targets.get((bits, batch, ctx), '')} |", flush=True)
+        cases = [(bits, batch, ctx) for bits in (1, 2)
+                 for batch, ctx in ((1, 1024), (1, 8192), (1, 32768), (1, 131072), (8, 8192), (8, 32768))]
+        if os.environ.get("BENCH_CASES"):  # e.g. "1:1:131072,2:1:131072"
+            cases = [tuple(int(x) for x in c.split(":")) for c in os.environ["BENCH_CASES"].split(",")]
+        for bits, batch, ctx in cases:
+            ours = lib.cvq_bench_decode(bits, batch, ctx, 50)
+            flash = sdpa_us(batch, ctx, SDPBackend.FLASH_ATTENTION)
+            cudnn = sdpa_us(batch, ctx, SDPBackend.CUDNN_ATTENTION)
+            print(f"| {bits} | {batch} | {ctx} | {ours:.1f} | {flash:.1f} | {cudnn:.1f} | "
+                  f"{ours / flash:.2f} | {ours / cudnn:.2f} | {targets.get((bits, batch, ctx), '')} |", flush=True)
     if not only or "encode" in only:
         out = (ctypes.c_double * 5)()
         print("\n| bits | key encoding (tok/s/layer) | value encoding fp32 | value encoding tf32 | whole append fp32 | value bits tf32 changes |")

@@ -15,7 +15,7 @@ cmake --build build-gpu -j16 --target commvq_gpu_tests commvq_bench train_speed 
 for step in "$@"; do
   case "$step" in
   tests)
-    (cd build-gpu/tests && timeout ${TEST_TIMEOUT:-150} ./commvq_gpu_tests -s -d) > "$OUTDIR/gpu_tests.log" 2>&1
+    (cd build-gpu/tests && timeout ${TEST_TIMEOUT:-150} ./commvq_gpu_tests -s -d -tc="${TEST_CASES:-*}") > "$OUTDIR/gpu_tests.log" 2>&1
     echo "gpu tests: exit $?"; grep -E "MESSAGE|ERROR|FAILED|CRASH|test cases|assertions| s: gpu" "$OUTDIR/gpu_tests.log" | head -80 ;;
   sanitize)
     # racecheck instruments every shared-memory access: the short cases only.
@@ -29,6 +29,13 @@ for step in "$@"; do
   train)
     # Training speed, CPU (all cores) against CUDA: docs/TRAINING.md.
     timeout ${TRAIN_TIMEOUT:-240} build-gpu/bench/train_speed ${TRAIN_ARGS:-65536 0 10 100} 2>&1 | tee "$OUTDIR/train_speed.md" ;;
+  ncu)
+    # Counters of the attention kernel at 1 bit, B=1, 128K tokens (one launch).
+    BENCH_CASES=1:1:131072 timeout ${NCU_TIMEOUT:-240} ncu --clock-control none -k regex:attend_kernel -s 2 -c 1 \
+      --section SpeedOfLight --section Occupancy --section WarpStateStats --section InstructionStats \
+      --section LaunchStats --section MemoryWorkloadAnalysis \
+      python3 bench/bench.py build-gpu/bench/libcommvq_bench.so decode > "$OUTDIR/ncu.txt" 2>&1
+    echo "ncu: exit $?"; grep -E "Duration|Registers|Achieved Occupancy|Issue Slots Busy|Executed Instructions |Shared Memory Config|Theoretical Occ|Block Limit|Stall|No Eligible|Eligible Warps|Cluster" "$OUTDIR/ncu.txt" | head -40 ;;
   bench)
     PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-300} python3 bench/bench.py build-gpu/bench/libcommvq_bench.so ${BENCH_ARGS:-} 2>&1 | tee "$OUTDIR/bench.md" ;;
   esac

@@ -153,7 +153,6 @@ private:
     const Codebook& cb_;
     BackendConfig config_;
     int device_;
-    int sm_count_ = 0;
     bool tf32_ = false;
     cudaStream_t stream_ = nullptr;
     cublasHandle_t cublas_ = nullptr;
@@ -163,12 +162,13 @@ private:
     size_t seq_slots_bytes_ = 0;
     uint32_t rows_per_launch_ = 0;
     size_t partial_floats_ = 0;
+    cuda::AttendPlan attend_plan_;
 
     // Device memory.
     DeviceBuffer pool_, slots_, tables_, states_;
     DeviceBuffer key_half_, key_centers_, key_cross_, key_norms_, rope_freq_, value_tables_;
     DeviceBuffer enc_t_, enc_scales_, enc_codes_, enc_bits_, enc_weights_, enc_scratch_, stage_k_, stage_v_;
-    DeviceBuffer q_in_, q_prepared_, partials_, out_stage_, lse_stage_, cublas_workspace_;
+    DeviceBuffer q_in_, partials_, out_stage_, lse_stage_, cublas_workspace_;
     std::vector<size_t> value_offsets_;  // per layer, 8 arrays each, in floats
 
     // What the device holds, as last uploaded.
@@ -186,14 +186,13 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
             "commvq_cache_create: CUDA device " + std::to_string(device) + " asked for, but " +
                 std::to_string(n_devices) + " usable CUDA device(s) are present");
     DeviceScope scope(device_);
-    check_cuda(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_), "cudaDeviceGetAttribute");
     const char* tf32 = std::getenv("COMMVQ_CUDA_TF32");
     tf32_ = tf32 && tf32[0] == '1';
 
     shape_ = cuda::model_shape(cb);
     require(cuda::attend_supported(shape_), COMMVQ_ERR_NOT_SUPPORTED,
             "commvq_cache_create: the CUDA back end supports head_dim 64 or 128, 1, 2, 4 or 8 query heads per KV "
-            "head, 64 sub-centers and 256 to 2048 value code bits; this codebook has head_dim " +
+            "head, 64 sub-centers and value code bits in multiples of 64; this codebook has head_dim " +
                 std::to_string(cb.head_dim) + ", " + std::to_string(cb.n_q_heads) + " query and " +
                 std::to_string(cb.n_kv_heads) + " KV heads, " + std::to_string(cb.sub_centers) + " sub-centers, " +
                 std::to_string(cb.value_code_bits()) + " value code bits");
@@ -258,15 +257,16 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
     stage_k_.allocate(size_t(E) * half_bytes_, "staging host keys");
     stage_v_.allocate(size_t(E) * half_bytes_, "staging host values");
 
-    // Attention scratch: split partials for a full decode batch, or for a
-    // single long sequence split over the whole GPU.
+    // Attention: the plan (launch geometry, shared memory) is fixed here, so
+    // every call and every captured graph launches the same kernels; scratch
+    // for the split partials of any row count up to a launch.
+    check_cuda(cuda::plan_attend(shape_, &attend_plan_), "commvq_cache_create: planning attention");
     rows_per_launch_ = std::min<uint32_t>(cuda::kMaxRowsPerLaunch, std::max<uint32_t>(config.max_seqs, 16));
-    const uint32_t long_splits = std::max<uint32_t>(2, uint32_t(2 * sm_count_) / H);
-    partial_floats_ = std::max(cuda::attend_partial_floats(shape_, rows_per_launch_, 2),
-                               cuda::attend_partial_floats(shape_, 1, long_splits));
+    for (uint32_t n = 1; n <= rows_per_launch_; ++n)
+        partial_floats_ = std::max(partial_floats_, cuda::attend_partial_floats(
+                                                         shape_, n, cuda::attend_splits(shape_, attend_plan_, n)));
     const size_t q_elems = size_t(rows_per_launch_) * cb.n_q_heads * d;
     q_in_.allocate(q_elems * dtype_size(config.io_dtype), "staging host queries");
-    q_prepared_.allocate(q_elems * 4, "queries");
     partials_.allocate(partial_floats_ * 4, "attention partial results");
     out_stage_.allocate(q_elems * dtype_size(config.io_dtype), "staging outputs");
     lse_stage_.allocate(size_t(rows_per_launch_) * cb.n_q_heads * 4, "staging lse");
@@ -485,10 +485,7 @@ void CudaBackend::attend(const AttendCall& call) {
 
     const float scale = config_.attn_scale;
     for (uint32_t r0 = 0; r0 < call.n_rows;) {
-        // As many rows as fit the partial results with at least one split.
-        uint32_t n = std::min(call.n_rows - r0, rows_per_launch_);
-        while (n > 1 && cuda::attend_partial_floats(shape_, n, 1) > partial_floats_) --n;
-        uint64_t longest = 0;
+        const uint32_t n = std::min(call.n_rows - r0, rows_per_launch_);
         cuda::AttendParams p;
         p.m = shape_;
         p.pool = pool_view(call.layer);
@@ -505,14 +502,9 @@ void CudaBackend::attend(const AttendCall& call) {
             const AttendRow& row = call.rows[r0 + i];
             p.seq[i] = row.view->seq;
             p.hidden[i] = uint32_t(row.view->length - row.visible);
-            const uint64_t c = row.visible > row.view->sinks
-                                   ? std::min<uint64_t>(row.view->compressed, row.visible - row.view->sinks)
-                                   : 0;
-            longest = std::max(longest, c);
         }
-        uint32_t splits = cuda::attend_splits(shape_, n, longest, sm_count_);
-        while (splits > 1 && cuda::attend_partial_floats(shape_, n, splits) > partial_floats_) --splits;
-        p.n_splits = splits;
+        p.plan = attend_plan_;
+        p.n_splits = cuda::attend_splits(shape_, attend_plan_, n);
         p.partials = partials_.get<float>();
 
         const void* q_rows;
@@ -524,10 +516,8 @@ void CudaBackend::attend(const AttendCall& call) {
                        "copying queries");
             q_rows = q_in_.get();
         }
-        check_cuda(cuda::launch_prepare_queries(shape_, q_rows, config_.io_dtype, n, scale, q_prepared_.get<float>(),
-                                                stream_),
-                   "query preparation");
-        p.q = q_prepared_.get<float>();
+        p.q = q_rows;
+        p.q_scale = scale * 1.4426950408889634f;  // log2(e): the kernels work in the log2 domain
         p.out = out_dev ? static_cast<uint8_t*>(out_dev) + r0 * row_elems * io : out_stage_.get();
         p.out_dtype = config_.io_dtype;
         p.lse = call.lse ? (lse_dev ? lse_dev + size_t(r0) * cb_.n_q_heads : lse_stage_.get<float>()) : nullptr;
@@ -639,7 +629,7 @@ uint64_t CudaBackend::bytes_reserved() const {
     uint64_t n = bytes_codebook();
     for (const DeviceBuffer* b : {&pool_, &slots_, &tables_, &states_, &enc_t_, &enc_scales_, &enc_codes_,
                                   &enc_bits_, &enc_weights_, &enc_scratch_, &stage_k_, &stage_v_, &q_in_,
-                                  &q_prepared_, &partials_, &out_stage_, &lse_stage_, &cublas_workspace_})
+                                  &partials_, &out_stage_, &lse_stage_, &cublas_workspace_})
         n += b->bytes();
     return n;
 }

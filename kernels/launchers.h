@@ -135,17 +135,30 @@ int launch_store_uncompressed(const UncompressedView& slots, uint32_t seq, uint6
                               uint64_t sinks, uint64_t first_window, const void* k, const void* v,
                               void* stream);
 
-// ---- attention -------------------------------------------------------------
-
-// Queries [rows][n_q_heads][head_dim] (io dtype, model layout) -> float32,
-// canonical pair layout, multiplied by scale * log2(e).
-int launch_prepare_queries(const ModelShape& m, const void* q, int32_t io_dtype, uint32_t rows, float scale,
-                           float* out, void* stream);
+// ---- attention ----------------------------------------------------------
 
 constexpr uint32_t kMaxRowsPerLaunch = 128;
 
+// How decode attention runs for one codebook on one device, decided once
+// when the cache is created (kernels/attention/plan.cu), so that a captured
+// graph and a direct call launch the same thing whatever the lengths.
+struct AttendPlan {
+    uint32_t cluster = 1;           // KV heads whose CTAs share values (a thread-block cluster when > 1)
+    uint32_t stages_per_group = 0;  // key stages whose tables sit in shared memory at once
+    uint32_t score_chunk = 0;       // tokens scored before one softmax update
+    uint32_t value_chunk = 0;       // tokens per value product (a multiple of 16)
+    uint32_t value_m_tiles = 0;     // per warp: 16-bit tiles of value code bits
+    uint32_t value_n_tiles = 0;     // per warp: 8-head tiles of query heads
+    uint32_t smem_bytes = 0;
+    uint32_t resident_ctas = 0;     // CTAs of the attention kernel that run at once
+};
+// Fills *plan for this shape on the current device; returns a cudaError_t
+// (cudaErrorNotSupported when no plan fits).
+int plan_attend(const ModelShape& m, AttendPlan* plan);
+
 struct AttendParams {
     ModelShape m;
+    AttendPlan plan;
     PoolView pool;
     UncompressedView slots;
     const SeqState* states = nullptr;  // this layer, [max_seqs]
@@ -153,12 +166,13 @@ struct AttendParams {
     const float* value_codebook = nullptr;  // E [2n][D]
     const float* value_lambda = nullptr;    // [D]
     const double* rope_freq = nullptr;      // [head_dim / 2], w_j / (2 pi)
-    const float* q = nullptr;               // prepared: [n_rows][n_q_heads][head_dim]
+    const void* q = nullptr;                // [n_rows][n_q_heads][head_dim], io dtype, model layout
+    float q_scale = 0;                      // attention scale times log2(e)
     uint32_t n_rows = 0;
     uint32_t seq[kMaxRowsPerLaunch];
     // Row r sees positions [0, length - hidden[r]) of its sequence.
     uint32_t hidden[kMaxRowsPerLaunch];
-    uint32_t n_splits = 0;  // compressed-token splits per row
+    uint32_t n_splits = 0;  // compressed-token splits per row: attend_splits(plan, n_rows)
     float* partials = nullptr;  // attend_partial_floats(m, n_rows, n_splits)
     void* out = nullptr;        // [n_rows][n_q_heads][head_dim], io dtype
     int32_t out_dtype = 0;
@@ -167,9 +181,11 @@ struct AttendParams {
 size_t attend_partial_floats(const ModelShape& m, uint32_t n_rows, uint32_t n_splits);
 // Whether the attention kernels support this shape (head_dim, group, bits).
 bool attend_supported(const ModelShape& m);
-// Splits for rows whose longest visible compressed range is max_compressed:
-// enough blocks to fill the GPU, each with a worthwhile share of tokens.
-uint32_t attend_splits(const ModelShape& m, uint32_t n_rows, uint64_t max_compressed, int sm_count);
+// Splits of the compressed tokens of each of n_rows rows: enough CTAs to
+// fill the GPU once. Depends on the plan and the row count only.
+uint32_t attend_splits(const ModelShape& m, const AttendPlan& plan, uint32_t n_rows);
+// Three kernels: scores, softmax and code-space values (kernels/attention/decode.cu),
+// then the merge that applies E once per query head (kernels/attention/merge.cu).
 int launch_attend(const AttendParams& p, void* stream);
 
 // ---- devices ----------------------------------------------------------------

@@ -1,0 +1,170 @@
+// Scores of compressed tokens against the G queries of one KV head, formed
+// from the codes with the head's sub-center table in shared memory.
+//
+// A token's key is sum_r z_{r,A_r} + i z_{r,B_r}: 2R table rows of P half2
+// pairs. LPT = head_dim / 8 lanes share a token, each holding 4 pairs (one
+// 16-byte load per row). Per warp step a warp scores TPW = 32 / LPT tokens:
+// its lanes first turn the tokens' packed codes into table byte offsets (a
+// per-warp scratch in shared memory, read back as broadcasts), then each
+// lane gathers its 2R rows, sums them in half2 (pairwise within groups of
+// four stages), rotates the key to its position and dots it with the G
+// queries in fp32. The rotation angle advances by a fixed step per warp
+// step (angle addition), computed exactly once per chunk; the G dot products
+// are reduced over the LPT lanes with one butterfly that leaves each lane
+// one head's sum.
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include "attention/layout.h"
+#include "device_common.cuh"
+
+namespace commvq {
+namespace cuda {
+namespace attention {
+
+// The lane's 4 pairs of the G queries of KV head g, scaled into log2 units.
+template <int HEAD_DIM, int G>
+__device__ __forceinline__ void load_queries(const AttendParams& p, uint32_t row, uint32_t g, uint32_t part,
+                                             float (&q)[G][8]) {
+    const ModelShape& m = p.m;
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+        const size_t head = (size_t(row) * m.n_q_heads + g * G + h) * HEAD_DIM;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const uint32_t j = 4 * part + k;
+            q[h][2 * k] = load_element(p.q, head + model_index(j, 0, HEAD_DIM, m.pair_layout), p.slots.io_dtype) * p.q_scale;
+            q[h][2 * k + 1] = load_element(p.q, head + model_index(j, 1, HEAD_DIM, m.pair_layout), p.slots.io_dtype) * p.q_scale;
+        }
+    }
+}
+
+// Sums v[0..N) over the lanes of one token (xor offsets O, O/2, ..., 1): on
+// each of the first log2(N) levels a lane keeps half of its values and adds
+// its partner's copy of them, so each lane ends with the total of head
+// part / (2 O_first / N) (O_first = LPT / 2), with about half the shuffles
+// of N separate reductions.
+template <int O, int N>
+struct HeadSums {
+    static __device__ __forceinline__ float run(const float* v, uint32_t part) {
+        if constexpr (N == 1) {
+            if constexpr (O == 0) {
+                return v[0];
+            } else {
+                const float t[1] = {v[0] + __shfl_xor_sync(0xffffffffu, v[0], O)};
+                return HeadSums<O / 2, 1>::run(t, part);
+            }
+        } else {
+            const bool upper = part & O;
+            float t[N / 2];
+#pragma unroll
+            for (int i = 0; i < N / 2; ++i) {
+                const float send = upper ? v[i] : v[i + N / 2];
+                const float keep = upper ? v[i + N / 2] : v[i];
+                t[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+            }
+            return HeadSums<O / 2, N / 2>::run(t, part);
+        }
+    }
+};
+
+__device__ __forceinline__ uint4 lds128(const uint8_t* p) { return *reinterpret_cast<const uint4*>(p); }
+
+__device__ __forceinline__ void add_rows(__half2 (&s)[4], uint4 a, uint4 b, uint4 c, uint4 d) {
+    const __half2* ha = reinterpret_cast<const __half2*>(&a);
+    const __half2* hb = reinterpret_cast<const __half2*>(&b);
+    const __half2* hc = reinterpret_cast<const __half2*>(&c);
+    const __half2* hd = reinterpret_cast<const __half2*>(&d);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) s[k] = __hadd2(s[k], __hadd2(__hadd2(ha[k], hb[k]), __hadd2(hc[k], hd[k])));
+}
+
+// Scores of the chunk's tokens [0, cn) (compressed indices c0 + i) for the
+// table's stages r0 .. r0 + rn - 1: written to scores[h][i] for the first
+// stage group, added for later ones. tok_* hold each token's block, slot and
+// key scale (staged by the caller).
+template <int HEAD_DIM, int G>
+__device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_t* smem, uint32_t g, uint64_t c0,
+                            uint32_t cn, uint32_t r0, uint32_t rn, bool first_group, const float (&q)[G][8]) {
+    constexpr int LPT = HEAD_DIM / 8;
+    constexpr int TPW = 32 / LPT;
+    constexpr int kStep = kWarps * TPW;  // tokens between a lane's consecutive tokens
+    const ModelShape& m = p.m;
+    const PoolView& pool = p.pool;
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = lane / LPT, part = lane % LPT;
+    const uint32_t* tok_block = reinterpret_cast<const uint32_t*>(smem + L.tok_block);
+    const uint32_t* tok_slot = reinterpret_cast<const uint32_t*>(smem + L.tok_slot);
+    const float* tok_scale = reinterpret_cast<const float*>(smem + L.tok_scale);
+    float* scores = reinterpret_cast<float*>(smem + L.scores);
+    uint2* offsets = reinterpret_cast<uint2*>(smem + L.offsets) + warp * TPW * L.offsets_stages;
+    const uint8_t* table = smem + L.table + part * 16;
+    const uint32_t stages = L.offsets_stages, row_bytes = L.table_row_bytes;
+    const uint32_t key_bit0 = (g * m.key_stages + r0) * m.code_bits;
+    const uint32_t code_mask = (1u << m.code_bits) - 1;
+
+    // Rotation of this lane's first token, and the step between its tokens.
+    float c[4], s[4], step_c[4], step_s[4];
+    const uint64_t pos0 = uint64_t(p.slots.sinks) + c0 + warp * TPW + sub;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const double f = p.rope_freq[4 * part + k];
+        rope_angle(pos0, f, &c[k], &s[k]);
+        rope_angle(kStep, f, &step_c[k], &step_s[k]);
+    }
+
+    for (uint32_t base = warp * TPW; base < cn; base += kStep) {  // warp-uniform: the shuffles need every lane
+        __syncwarp();  // the previous step's offsets have been read
+        for (uint32_t i = lane; i < TPW * stages; i += 32) {
+            const uint32_t t = base + i / stages, r = i % stages;
+            uint2 o = make_uint2(L.zero_row, L.zero_row);
+            if (t < cn && r < rn) {
+                const uint8_t* kc = pool.base + size_t(tok_block[t]) * pool.block_bytes + pool.key_codes_offset +
+                                    size_t(tok_slot[t]) * pool.key_code_bytes;
+                const uint32_t bit = key_bit0 + r * m.code_bits;
+                const uint8_t* b = kc + bit / 8;
+                const uint32_t code = ((uint32_t(b[0]) | uint32_t(b[1]) << 8 | uint32_t(b[2]) << 16) >> (bit % 8)) & code_mask;
+                o.x = (r * kSubCenters + code / kSubCenters) * row_bytes;
+                o.y = (r * kSubCenters + code % kSubCenters) * row_bytes;
+            }
+            offsets[i] = o;
+        }
+        __syncwarp();
+        const uint32_t t = base + sub;
+        const uint2* to = offsets + sub * stages;
+        __half2 sa[4], sb[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) sa[k] = sb[k] = __float2half2_rn(0.0f);
+        for (uint32_t r = 0; r < stages; r += 4) {
+            const uint4 o01 = *reinterpret_cast<const uint4*>(to + r);
+            const uint4 o23 = *reinterpret_cast<const uint4*>(to + r + 2);
+            add_rows(sa, lds128(table + o01.x), lds128(table + o01.z), lds128(table + o23.x), lds128(table + o23.z));
+            add_rows(sb, lds128(table + o01.y), lds128(table + o01.w), lds128(table + o23.y), lds128(table + o23.w));
+        }
+        // k = z_A + i z_B, rotated by the token's position, dotted with the queries.
+        float dot[G];
+#pragma unroll
+        for (int h = 0; h < G; ++h) dot[h] = 0;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const float2 f = __half22float2(__hfma2(__lowhigh2highlow(sb[k]), __floats2half2_rn(-1.0f, 1.0f), sa[k]));
+            const float x = f.x * c[k] - f.y * s[k], y = f.x * s[k] + f.y * c[k];
+#pragma unroll
+            for (int h = 0; h < G; ++h) dot[h] = fmaf(q[h][2 * k], x, fmaf(q[h][2 * k + 1], y, dot[h]));
+            const float cn_ = c[k] * step_c[k] - s[k] * step_s[k];
+            s[k] = c[k] * step_s[k] + s[k] * step_c[k];
+            c[k] = cn_;
+        }
+        const float total = HeadSums<LPT / 2, G>::run(dot, part);
+        constexpr uint32_t kLanesPerHead = LPT / G;
+        if (t < cn && part % kLanesPerHead == 0) {
+            float* dst = scores + (part / kLanesPerHead) * L.score_chunk + t;
+            const float v = total * tok_scale[t];
+            *dst = first_group ? v : *dst + v;
+        }
+    }
+}
+
+}  // namespace attention
+}  // namespace cuda
+}  // namespace commvq

@@ -1,0 +1,102 @@
+// The two memory contracts of decode attention, shared by the plan (host),
+// the attention kernel and the merge kernels:
+//   PartialLayout  where each split leaves its results in the caller's workspace;
+//   SharedLayout   how one attention CTA divides its shared memory.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "launchers.h"
+
+#ifdef __CUDACC__
+#define COMMVQ_HD __host__ __device__
+#else
+#define COMMVQ_HD
+#endif
+
+namespace commvq {
+namespace cuda {
+namespace attention {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr uint32_t kMaxSplits = 255;  // the merge keeps one factor per split in shared memory
+constexpr uint32_t kSubCenters = 64;  // C: the codes A * 64 + B
+// Code bits whose codewords one merge block applies (merge kernels).
+constexpr uint32_t kMergeBits = 64;
+
+COMMVQ_HD inline uint32_t align_up(uint32_t x, uint32_t a) { return (x + a - 1) / a * a; }
+
+// Where the partial results of the splits sit in the caller's workspace:
+//   codes  [rows][splits][n_q_heads][2n]     code-space sums of p * w * bits
+//   values [rows][n_q_heads][head_dim]       uncompressed tokens' sums of p * v
+//   ml     [rows][splits + 1][n_q_heads][2]  running max (log2) and sum of p
+//   applied [rows][2n / kMergeBits][n_q_heads][head_dim]  E applied to slices of the merged code sums
+struct PartialLayout {
+    size_t codes = 0, values, ml, applied, total;
+    COMMVQ_HD PartialLayout(const ModelShape& m, uint32_t rows, uint32_t splits) {
+        values = size_t(rows) * splits * m.n_q_heads * m.value_code_bits;
+        ml = values + size_t(rows) * m.n_q_heads * m.head_dim;
+        applied = ml + size_t(rows) * (splits + 1) * m.n_q_heads * 2;
+        total = applied + size_t(rows) * (m.value_code_bits / kMergeBits) * m.n_q_heads * m.head_dim;
+    }
+};
+
+// Query heads of the KV heads of one cluster, padded to whole 8-head tiles.
+COMMVQ_HD inline uint32_t cluster_heads_padded(const ModelShape& m, const AttendPlan& p) {
+    return align_up(p.cluster * (m.n_q_heads / m.n_kv_heads), 8);
+}
+// Value code bits whose code-space sums one CTA of a cluster accumulates.
+COMMVQ_HD inline uint32_t slice_bits(const ModelShape& m, const AttendPlan& p) {
+    return m.value_code_bits / p.cluster;
+}
+// Lanes that share one token's key (16 bytes of half2 pairs each).
+COMMVQ_HD inline uint32_t lanes_per_token(uint32_t head_dim) { return head_dim / 8; }
+
+// Byte offsets in the dynamic shared memory of one attention CTA.
+//   table      [stages_per_group][C][P] half2, then one zero row (padding stages read it)
+//   scores     [G][score_chunk] float: scores, then probabilities
+//   probs      [2][heads_padded][value_chunk + 8] half: p * w of the cluster's query heads (B operand)
+//   bits       [2][value_chunk][slice words + 1] uint32: this CTA's value code bits (A operand)
+//   tok_block, tok_slot, tok_scale, tok_weight [score_chunk]
+//   offsets    [warps][tokens per warp][stages rounded to 4] uint2: table byte offsets of A and B rows
+//   rescale    [2][heads_padded] float: factors of the accumulators, from each head's owner
+//   run_max, run_sum, own_rescale [G] float; chunk_exp int
+struct SharedLayout {
+    uint32_t table, scores, probs, bits, tok_block, tok_slot, tok_scale, tok_weight, offsets, rescale, run_max,
+        run_sum, own_rescale, chunk_exp, total;
+    uint32_t table_row_bytes, zero_row, probs_stride, slice_words, bits_stride, offsets_stages, score_chunk, value_chunk, heads;
+    COMMVQ_HD SharedLayout(const ModelShape& m, const AttendPlan& p) {
+        const uint32_t G = m.n_q_heads / m.n_kv_heads, P = m.head_dim / 2;
+        heads = cluster_heads_padded(m, p);
+        score_chunk = p.score_chunk;
+        value_chunk = p.value_chunk;
+        table_row_bytes = P * 4;
+        zero_row = p.stages_per_group * kSubCenters * table_row_bytes;
+        table = 0;
+        scores = align_up(zero_row + table_row_bytes, 16);
+        probs = scores + G * p.score_chunk * 4;
+        probs_stride = p.value_chunk + 8;
+        bits = align_up(probs + 2 * heads * probs_stride * 2, 16);
+        slice_words = slice_bits(m, p) / 32;
+        bits_stride = slice_words + 1;  // tokens 2 apart fall in different banks
+        tok_block = bits + 2 * p.value_chunk * bits_stride * 4;
+        tok_slot = tok_block + p.score_chunk * 4;
+        tok_scale = tok_slot + p.score_chunk * 4;
+        tok_weight = tok_scale + p.score_chunk * 4;
+        offsets = align_up(tok_weight + p.score_chunk * 4, 16);
+        offsets_stages = align_up(p.stages_per_group, 4);
+        const uint32_t tokens_per_warp = 32 / lanes_per_token(m.head_dim);
+        rescale = offsets + kWarps * tokens_per_warp * offsets_stages * 8;
+        run_max = rescale + 2 * heads * 4;
+        run_sum = run_max + G * 4;
+        own_rescale = run_sum + G * 4;
+        chunk_exp = own_rescale + G * 4;
+        total = chunk_exp + 4;
+    }
+};
+
+}  // namespace attention
+}  // namespace cuda
+}  // namespace commvq
