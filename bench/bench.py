@@ -45,10 +45,38 @@ def sdpa_us(batch, ctx, backend, reps=200):
         torch.cuda.empty_cache()
 
 
+# Bytes per sequence of 128K tokens over 32 layers (LLaMA-3.1-8B).
+CTX, LAYERS = 131072, 32
+BF16_SEQ = CTX * LAYERS * HKV * D * 2 * 2
+COMMVQ_TOKEN = {1: 268, 2: 516}  # per token and layer: packed codes, scales, weight (docs/PERF.md)
+
+
+def card_full(lib):
+    """Tokens attended per second per layer at 128K with the card full: the
+    largest batch whose cache fits next to 16 GB of weights, bf16 against
+    libcommvq (its sequences forked from one, the same work per step)."""
+    free = torch.cuda.get_device_properties(0).total_memory - 16e9
+    rows = []
+    b = int(free // BF16_SEQ)
+    t = sdpa_us(b, CTX, SDPBackend.CUDNN_ATTENTION, reps=20)
+    if t != t:
+        t = sdpa_us(b, CTX, SDPBackend.FLASH_ATTENTION, reps=20)
+    rows.append(("bf16 SDPA", b, t))
+    for bits in (1, 2):
+        seq = CTX * LAYERS * COMMVQ_TOKEN[bits] + LAYERS * 128 * HKV * D * 2 * 2  # codes + window
+        b = min(int(free * 0.97 // seq), 255)  # 3% for codebook tables and scratch
+        rows.append((f"libcommvq {bits} bit", b, lib.cvq_bench_decode(bits, b, CTX, 10, 1)))
+    print("\n| decode at 128K, card full (16 GB of weights) | batch | µs per layer and step | tokens attended/s per layer | vs bf16 |")
+    print("| --- | --- | --- | --- | --- |")
+    base = rows[0][1] * CTX / rows[0][2]
+    for name, b, t in rows:
+        print(f"| {name} | {b} | {t:.0f} | {b * CTX / t * 1e6:.3g} | {b * CTX / t / base:.2f}x |", flush=True)
+
+
 def main():
     lib = ctypes.CDLL(sys.argv[1])
     lib.cvq_bench_decode.restype = ctypes.c_double
-    lib.cvq_bench_decode.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint32]
+    lib.cvq_bench_decode.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32]
     lib.cvq_bench_encode.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double)]
     lib.cvq_bench_prompt.argtypes = [ctypes.c_uint64, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double)]
     only = set(sys.argv[2:])
@@ -60,15 +88,18 @@ def main():
         print("| bits | B | context | commvq (µs) | bf16 SDPA flash (µs) | bf16 SDPA cuDNN (µs) | ratio vs flash | ratio vs cuDNN | target (µs) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         cases = [(bits, batch, ctx) for bits in (1, 2)
-                 for batch, ctx in ((1, 1024), (1, 8192), (1, 32768), (1, 131072), (8, 8192), (8, 32768))]
+                 for batch, ctx in ((1, 1024), (1, 8192), (1, 32768), (1, 131072), (8, 8192), (8, 32768),
+                                    (8, 131072), (32, 8192), (32, 32768))]
         if os.environ.get("BENCH_CASES"):  # e.g. "1:1:131072,2:1:131072"
             cases = [tuple(int(x) for x in c.split(":")) for c in os.environ["BENCH_CASES"].split(",")]
         for bits, batch, ctx in cases:
-            ours = lib.cvq_bench_decode(bits, batch, ctx, 50)
+            ours = lib.cvq_bench_decode(bits, batch, ctx, 50, 0)
             flash = sdpa_us(batch, ctx, SDPBackend.FLASH_ATTENTION)
             cudnn = sdpa_us(batch, ctx, SDPBackend.CUDNN_ATTENTION)
             print(f"| {bits} | {batch} | {ctx} | {ours:.1f} | {flash:.1f} | {cudnn:.1f} | "
                   f"{ours / flash:.2f} | {ours / cudnn:.2f} | {targets.get((bits, batch, ctx), '')} |", flush=True)
+    if not only or "full" in only:
+        card_full(lib)
     if not only or "encode" in only:
         out = (ctypes.c_double * 5)()
         print("\n| bits | key encoding (tok/s/layer) | value encoding fp32 | value encoding tf32 | whole append fp32 | value bits tf32 changes |")

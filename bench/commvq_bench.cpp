@@ -106,20 +106,25 @@ int fill(commvq_cache_t* c, uint32_t layers, uint32_t seq, uint64_t tokens, cons
 extern "C" {
 
 // Decode attention, µs per layer: `batch` sequences of `ctx` tokens, one
-// bf16 query each; median over graph replays. Returns < 0 on failure.
+// bf16 query each; median over graph replays. With `shared` != 0 sequence 0
+// is filled and the others are forks of it (copy-on-write: they attend the
+// same blocks), so a batch far larger than the time to fill it allows can be
+// timed; the work per step is the same. Returns < 0 on failure.
 __attribute__((visibility("default"))) double cvq_bench_decode(uint32_t bits, uint32_t batch, uint64_t ctx,
-                                                                uint32_t replays) {
+                                                                uint32_t replays, uint32_t shared) {
     constexpr uint32_t kLayers = 4;
     const Codebook& cb = llama_codebook(bits, kLayers);
     commvq_codebook_t handle{cb};
     commvq_cache_t* c = nullptr;
-    const commvq_cache_params_t p = params(batch, batch * ctx + 64 * batch);
+    const uint64_t filled = shared ? 1 : batch;
+    const commvq_cache_params_t p = params(batch, filled * ctx + 64 * batch);
     BENCH_OK(commvq_cache_create(&handle, &p, &c));
     std::unique_ptr<commvq_cache_t, void (*)(commvq_cache_t*)> guard(c, commvq_cache_destroy);
     const size_t row = size_t(cb.value_dim());
     DeviceRows k(std::min<uint64_t>(ctx, kChunk) * row, 2.0, 1), v(std::min<uint64_t>(ctx, kChunk) * row, 1.0, 2);
-    for (uint32_t s = 0; s < batch; ++s)
+    for (uint32_t s = 0; s < filled; ++s)
         if (fill(c, kLayers, s, ctx, k, v)) return -1;
+    for (uint32_t s = uint32_t(filled); s < batch; ++s) BENCH_OK(commvq_cache_seq_fork(c, 0, s));
     DeviceRows q(size_t(batch) * cb.n_q_heads * cb.head_dim, 3.0, 3);
     void* out = nullptr;
     BENCH_CUDA(cudaMalloc(&out, size_t(batch) * cb.n_q_heads * cb.head_dim * 2));

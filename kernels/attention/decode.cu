@@ -47,6 +47,32 @@ __device__ void load_table(const AttendParams& p, const SharedLayout& L, uint8_t
     for (uint32_t i = threadIdx.x; i < n16; i += kThreads) dst[i] = src[i];
 }
 
+// One token's place in the pool and its two scalars.
+struct TokenInfo {
+    uint32_t block = 0, slot = 0;
+    float scale = 0, weight = 0;
+};
+
+__device__ __forceinline__ TokenInfo token_info(const PoolView& pool, size_t table_row, uint32_t ci,
+                                                uint32_t n_key_scales, uint32_t scale_index) {
+    TokenInfo t;
+    t.block = uint32_t(pool.block_tables[table_row + ci / pool.block_tokens]);
+    t.slot = ci % pool.block_tokens;
+    const uint8_t* b = pool.base + size_t(t.block) * pool.block_bytes;
+    t.scale = reinterpret_cast<const float*>(b + pool.key_scales_offset)[t.slot * n_key_scales + scale_index];
+    t.weight = reinterpret_cast<const float*>(b + pool.value_weights_offset)[t.slot];
+    return t;
+}
+
+__device__ __forceinline__ void copy_async4(void* shared_dst, const void* global_src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(shared_address(shared_dst)), "l"(global_src)
+                 : "memory");
+}
+
+__device__ __forceinline__ void wait_async_copies() {
+    asm volatile("cp.async.commit_group;\n\tcp.async.wait_group 0;" ::: "memory");
+}
+
 template <int HEAD_DIM, int G, int MPW, int NPW>
 __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_constant__ AttendParams p) {
     extern __shared__ __align__(16) uint8_t smem[];
@@ -61,6 +87,7 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
     const uint64_t visible = st.length - tmin<uint64_t>(st.length, p.hidden[row]);
     const uint32_t R = m.key_stages, spg = p.plan.stages_per_group, n_groups = (R + spg - 1) / spg;
     const uint32_t SC = L.score_chunk, VC = L.value_chunk, heads = L.heads, words = L.slice_words;
+    // Compressed indices fit 32 bits: a sequence holds at most the pool's n_blocks * block_tokens.
     constexpr int LPT = HEAD_DIM / 8;
 
     float* scores = reinterpret_cast<float*>(smem + L.scores);
@@ -102,20 +129,30 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
     ValueTiles<MPW, NPW> tiles;
     tiles.init(slice_bits(m, p.plan) / 16, heads / 8);
     int w_exp = -1000;  // running exponent of the weights (2^-1000 is 0 in fp32)
-    uint32_t step = 0;  // value steps so far: which half of probs and bits
+    uint32_t step = 0;  // value steps so far: which half of probs
     uint32_t loaded_group = ~0u;
-    for (uint64_t c0 = t_begin; c0 < t_end; c0 += SC) {
+    // Token info of a chunk is loaded one chunk ahead (thread i: token i),
+    // so its latency hides behind the chunk before.
+    TokenInfo ahead;
+    if (t_begin < t_end && threadIdx.x < tmin<uint64_t>(SC, t_end - t_begin))
+        ahead = token_info(pool, table_row, uint32_t(t_begin) + threadIdx.x, m.n_key_scales, scale_index);
+    for (uint32_t c0 = uint32_t(t_begin); c0 < t_end; c0 += SC) {
         const uint32_t cn = uint32_t(tmin<uint64_t>(SC, t_end - c0));
-        __syncthreads();  // the previous chunk is done with the token arrays and scores
-        for (uint32_t i = threadIdx.x; i < cn; i += kThreads) {
-            const uint64_t ci = c0 + i;
-            const uint32_t blk = uint32_t(pool.block_tables[table_row + ci / pool.block_tokens]);
-            const uint32_t slot = uint32_t(ci % pool.block_tokens);
-            const uint8_t* b = pool.base + size_t(blk) * pool.block_bytes;
-            tok_block[i] = blk;
-            tok_slot[i] = slot;
-            tok_scale[i] = reinterpret_cast<const float*>(b + pool.key_scales_offset)[slot * m.n_key_scales + scale_index];
-            tok_weight[i] = reinterpret_cast<const float*>(b + pool.value_weights_offset)[slot];
+        if (threadIdx.x < cn) {
+            tok_block[threadIdx.x] = ahead.block;
+            tok_slot[threadIdx.x] = ahead.slot;
+            tok_scale[threadIdx.x] = ahead.scale;
+            tok_weight[threadIdx.x] = ahead.weight;
+        }
+        __syncthreads();
+        if (c0 + SC < t_end && threadIdx.x < tmin<uint64_t>(SC, t_end - c0 - SC))
+            ahead = token_info(pool, table_row, c0 + SC + threadIdx.x, m.n_key_scales, scale_index);
+        // This CTA's slice of the chunk's value bits, copied while the chunk is scored.
+        for (uint32_t i = threadIdx.x; i < cn * words; i += kThreads) {
+            const uint32_t t = i / words, w = i % words;
+            const uint8_t* b = pool.base + size_t(tok_block[t]) * pool.block_bytes + pool.value_codes_offset +
+                               size_t(tok_slot[t]) * pool.value_code_bytes;
+            copy_async4(bits + t * L.bits_stride + w, reinterpret_cast<const uint32_t*>(b) + rank * words + w);
         }
         for (uint32_t grp = 0; grp < n_groups; ++grp) {
             const uint32_t r0 = grp * spg, rn = min(spg, R - r0);
@@ -123,10 +160,11 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
                 __syncthreads();
                 load_table(p, L, smem, g, r0, rn);
                 loaded_group = grp;
+                __syncthreads();
             }
-            __syncthreads();
             score_chunk<HEAD_DIM, G>(p, L, smem, g, c0, cn, r0, rn, grp == 0, q);
         }
+        wait_async_copies();
         __syncthreads();
         softmax_chunk<G>(scores, SC, cn, run_max, run_sum, own_rescale);
         if (threadIdx.x / 32 == kWarps - 1) {
@@ -156,19 +194,13 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
             if (v0 == 0 && threadIdx.x < G)
                 for (uint32_t r = 0; r < K; ++r)
                     *cluster_peer(rescale + buf * heads + rank * G + threadIdx.x, r, K) = own_rescale[threadIdx.x] * old_factor;
-            uint32_t* bb = bits + size_t(buf) * VC * L.bits_stride;
-            for (uint32_t i = threadIdx.x; i < vn * words; i += kThreads) {
-                const uint32_t t = i / words, w = i % words;
-                const uint8_t* b = pool.base + size_t(tok_block[v0 + t]) * pool.block_bytes + pool.value_codes_offset +
-                                   size_t(tok_slot[v0 + t]) * pool.value_code_bytes;
-                bb[t * L.bits_stride + w] = reinterpret_cast<const uint32_t*>(b)[rank * words + w];
-            }
             cluster_barrier(K);
             if (tiles.active) {
                 if (v0 == 0) tiles.rescale(rescale + buf * heads);
-                tiles.accumulate(bb, L.bits_stride, pb, L.probs_stride, vpad / 16);
+                tiles.accumulate(bits + v0 * L.bits_stride, L.bits_stride, pb, L.probs_stride, vpad / 16);
             }
         }
+        __syncthreads();  // the chunk's token info and bits are no longer read
     }
 
     const PartialLayout pl(m, p.n_rows, n_splits);
@@ -249,8 +281,9 @@ bool choose_tiles(const ModelShape& m, uint32_t k, AttendPlan* plan) {
 bool choose_chunks(const ModelShape& m, int max_smem, AttendPlan* plan) {
     for (uint32_t groups = 1; groups <= m.key_stages; ++groups) {
         plan->stages_per_group = (m.key_stages + groups - 1) / groups;
+        if (plan->stages_per_group > 32) continue;  // score_chunk turns at most 32 stages into offsets
         for (const auto& c : {std::pair<uint32_t, uint32_t>{512, 128}, {256, 128}, {512, 64}, {256, 64}, {256, 32},
-                              {128, 32}, {64, 16}}) {
+                              {128, 32}, {64, 32}, {32, 32}}) {
             plan->score_chunk = c.first;
             plan->value_chunk = c.second;
             const SharedLayout L(m, *plan);

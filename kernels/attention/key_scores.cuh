@@ -69,7 +69,26 @@ struct HeadSums {
     }
 };
 
-__device__ __forceinline__ uint4 lds128(const uint8_t* p) { return *reinterpret_cast<const uint4*>(p); }
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+    return uint32_t(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ uint4 lds128(uint32_t address) {
+    uint4 v;
+    asm("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(address));
+    return v;
+}
+
+// The same, ordered after the shared-memory stores before it (the scratch
+// written by other lanes of the warp just before).
+__device__ __forceinline__ uint4 lds128_after_stores(uint32_t address) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(address)
+                 : "memory");
+    return v;
+}
 
 __device__ __forceinline__ void add_rows(__half2 (&s)[4], uint4 a, uint4 b, uint4 c, uint4 d) {
     const __half2* ha = reinterpret_cast<const __half2*>(&a);
@@ -80,16 +99,28 @@ __device__ __forceinline__ void add_rows(__half2 (&s)[4], uint4 a, uint4 b, uint
     for (int k = 0; k < 4; ++k) s[k] = __hadd2(s[k], __hadd2(__hadd2(ha[k], hb[k]), __hadd2(hc[k], hd[k])));
 }
 
+// The two bytes that hold a 12-bit code (codes start on a nibble), as a
+// 16-bit value, or ~0 when there is no such code.
+__device__ __forceinline__ uint32_t code_bytes(const PoolView& pool, uint32_t block, uint32_t slot, uint32_t bit) {
+    const uint8_t* b = pool.base + size_t(block) * pool.block_bytes + pool.key_codes_offset +
+                       size_t(slot) * pool.key_code_bytes + bit / 8;
+    return uint32_t(b[0]) | uint32_t(b[1]) << 8;
+}
+
 // Scores of the chunk's tokens [0, cn) (compressed indices c0 + i) for the
 // table's stages r0 .. r0 + rn - 1: written to scores[h][i] for the first
 // stage group, added for later ones. tok_* hold each token's block, slot and
-// key scale (staged by the caller).
+// key scale (staged by the caller). Lane `part` of a token turns that
+// token's stage codes part, part + LPT, ... into table offsets; the code
+// bytes of a warp step are loaded one step ahead, so their latency hides
+// behind the gathers of the step before.
 template <int HEAD_DIM, int G>
-__device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_t* smem, uint32_t g, uint64_t c0,
+__device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_t* smem, uint32_t g, uint32_t c0,
                             uint32_t cn, uint32_t r0, uint32_t rn, bool first_group, const float (&q)[G][8]) {
     constexpr int LPT = HEAD_DIM / 8;
     constexpr int TPW = 32 / LPT;
     constexpr int kStep = kWarps * TPW;  // tokens between a lane's consecutive tokens
+    constexpr int kPasses = (32 + LPT - 1) / LPT;  // stage groups hold at most 32 stages
     const ModelShape& m = p.m;
     const PoolView& pool = p.pool;
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = lane / LPT, part = lane % LPT;
@@ -98,7 +129,8 @@ __device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_
     const float* tok_scale = reinterpret_cast<const float*>(smem + L.tok_scale);
     float* scores = reinterpret_cast<float*>(smem + L.scores);
     uint2* offsets = reinterpret_cast<uint2*>(smem + L.offsets) + warp * TPW * L.offsets_stages;
-    const uint8_t* table = smem + L.table + part * 16;
+    const uint32_t table = shared_address(smem + L.table) + part * 16;
+    const uint32_t to = shared_address(offsets + sub * L.offsets_stages);
     const uint32_t stages = L.offsets_stages, row_bytes = L.table_row_bytes;
     const uint32_t key_bit0 = (g * m.key_stages + r0) * m.code_bits;
     const uint32_t code_mask = (1u << m.code_bits) - 1;
@@ -113,31 +145,38 @@ __device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_
         rope_angle(kStep, f, &step_c[k], &step_s[k]);
     }
 
+    uint32_t next[kPasses];  // code bytes of this lane's stages of its next token
+    auto fetch = [&](uint32_t t) {
+#pragma unroll
+        for (int k = 0; k < kPasses; ++k) {
+            const uint32_t r = part + k * LPT;
+            next[k] = t < cn && r < rn ? code_bytes(pool, tok_block[t], tok_slot[t], key_bit0 + r * m.code_bits) : ~0u;
+        }
+    };
+    fetch(warp * TPW + sub);
     for (uint32_t base = warp * TPW; base < cn; base += kStep) {  // warp-uniform: the shuffles need every lane
+        const uint32_t t = base + sub;
         __syncwarp();  // the previous step's offsets have been read
-        for (uint32_t i = lane; i < TPW * stages; i += 32) {
-            const uint32_t t = base + i / stages, r = i % stages;
-            uint2 o = make_uint2(L.zero_row, L.zero_row);
-            if (t < cn && r < rn) {
-                const uint8_t* kc = pool.base + size_t(tok_block[t]) * pool.block_bytes + pool.key_codes_offset +
-                                    size_t(tok_slot[t]) * pool.key_code_bytes;
-                const uint32_t bit = key_bit0 + r * m.code_bits;
-                const uint8_t* b = kc + bit / 8;
-                const uint32_t code = ((uint32_t(b[0]) | uint32_t(b[1]) << 8 | uint32_t(b[2]) << 16) >> (bit % 8)) & code_mask;
-                o.x = (r * kSubCenters + code / kSubCenters) * row_bytes;
-                o.y = (r * kSubCenters + code % kSubCenters) * row_bytes;
+#pragma unroll
+        for (int k = 0; k < kPasses; ++k) {
+            const uint32_t r = part + k * LPT;
+            if (r < stages) {
+                uint2 o = make_uint2(L.zero_row, L.zero_row);
+                if (next[k] != ~0u) {
+                    const uint32_t code = (next[k] >> ((key_bit0 + r * m.code_bits) % 8)) & code_mask;
+                    o.x = (r * kSubCenters + code / kSubCenters) * row_bytes;
+                    o.y = (r * kSubCenters + code % kSubCenters) * row_bytes;
+                }
+                offsets[sub * stages + r] = o;
             }
-            offsets[i] = o;
         }
         __syncwarp();
-        const uint32_t t = base + sub;
-        const uint2* to = offsets + sub * stages;
+        fetch(t + kStep);
         __half2 sa[4], sb[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) sa[k] = sb[k] = __float2half2_rn(0.0f);
         for (uint32_t r = 0; r < stages; r += 4) {
-            const uint4 o01 = *reinterpret_cast<const uint4*>(to + r);
-            const uint4 o23 = *reinterpret_cast<const uint4*>(to + r + 2);
+            const uint4 o01 = lds128_after_stores(to + r * 8), o23 = lds128_after_stores(to + r * 8 + 16);
             add_rows(sa, lds128(table + o01.x), lds128(table + o01.z), lds128(table + o23.x), lds128(table + o23.z));
             add_rows(sb, lds128(table + o01.y), lds128(table + o01.w), lds128(table + o23.y), lds128(table + o23.w));
         }

@@ -58,7 +58,7 @@ COMMVQ_HD inline uint32_t lanes_per_token(uint32_t head_dim) { return head_dim /
 //   table      [stages_per_group][C][P] half2, then one zero row (padding stages read it)
 //   scores     [G][score_chunk] float: scores, then probabilities
 //   probs      [2][heads_padded][value_chunk + 8] half: p * w of the cluster's query heads (B operand)
-//   bits       [2][value_chunk][slice words + 1] uint32: this CTA's value code bits (A operand)
+//   bits       [score_chunk][slice words + 1] uint32: this CTA's value code bits (A operand)
 //   tok_block, tok_slot, tok_scale, tok_weight [score_chunk]
 //   offsets    [warps][tokens per warp][stages rounded to 4] uint2: table byte offsets of A and B rows
 //   rescale    [2][heads_padded] float: factors of the accumulators, from each head's owner
@@ -81,7 +81,7 @@ struct SharedLayout {
         bits = align_up(probs + 2 * heads * probs_stride * 2, 16);
         slice_words = slice_bits(m, p) / 32;
         bits_stride = slice_words + 1;  // tokens 2 apart fall in different banks
-        tok_block = bits + 2 * p.value_chunk * bits_stride * 4;
+        tok_block = bits + p.score_chunk * bits_stride * 4;
         tok_slot = tok_block + p.score_chunk * 4;
         tok_scale = tok_slot + p.score_chunk * 4;
         tok_weight = tok_scale + p.score_chunk * 4;
