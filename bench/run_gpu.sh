@@ -34,8 +34,10 @@ for step in "$@"; do
     BENCH_CASES=1:1:131072 timeout ${NCU_TIMEOUT:-240} ncu --clock-control none -k regex:attend_kernel -s 2 -c 1 \
       --section SpeedOfLight --section Occupancy --section WarpStateStats --section InstructionStats \
       --section LaunchStats --section MemoryWorkloadAnalysis \
+      --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,sass__inst_executed_per_opcode" \
+      --print-metric-instances values \
       python3 bench/bench.py build-gpu/bench/libcommvq_bench.so decode > "$OUTDIR/ncu.txt" 2>&1
-    echo "ncu: exit $?"; grep -E "Duration|Registers|Achieved Occupancy|Issue Slots Busy|Executed Instructions |Shared Memory Config|Theoretical Occ|Block Limit|Stall|No Eligible|Eligible Warps|Cluster" "$OUTDIR/ncu.txt" | head -40 ;;
+    echo "ncu: exit $?"; grep -E "Duration|Achieved Occupancy|Executed Instructions |stalled|per_opcode" "$OUTDIR/ncu.txt" | head -40 ;;
   bench)
     PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-300} python3 bench/bench.py build-gpu/bench/libcommvq_bench.so ${BENCH_ARGS:-} 2>&1 | tee "$OUTDIR/bench.md" ;;
   esac

@@ -21,6 +21,7 @@
 // codebook's scale; e is the same on every CTA (it depends on the tokens only).
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 
 #include "attention/cluster.cuh"
 #include "attention/key_scores.cuh"
@@ -316,7 +317,11 @@ int plan_attend(const ModelShape& m, AttendPlan* out) {
     if (e != cudaSuccess) return int(e);
     // The widest cluster of KV heads (at most 8, the portable limit) that
     // the device can run; a cluster of 1 needs no sm_90 feature.
+    // COMMVQ_CUDA_ATTEND_CLUSTER caps it (for measurements).
+    uint32_t widest = 8;
+    if (const char* cap = std::getenv("COMMVQ_CUDA_ATTEND_CLUSTER")) widest = std::max(1, std::atoi(cap));
     for (uint32_t k = 8; k >= 1; k /= 2) {
+        if (k > widest) continue;
         if (m.n_kv_heads % k || (k > 1 && major < 9)) continue;
         AttendPlan plan;
         if (!choose_tiles(m, k, &plan) || !choose_chunks(m, max_smem, &plan)) continue;
