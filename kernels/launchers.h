@@ -181,8 +181,9 @@ struct AttendParams {
 size_t attend_partial_floats(const ModelShape& m, uint32_t n_rows, uint32_t n_splits);
 // Whether the attention kernels support this shape (head_dim, group, bits).
 bool attend_supported(const ModelShape& m);
-// Splits of the compressed tokens of each of n_rows rows: enough CTAs to
-// fill the GPU once. Depends on the plan and the row count only.
+// Splits of the compressed tokens of each of n_rows rows: the fewest waves
+// of CTAs that keep 90% of the resident ones busy. Depends on the plan and
+// the row count only, never on lengths (a captured graph keeps it).
 uint32_t attend_splits(const ModelShape& m, const AttendPlan& plan, uint32_t n_rows);
 // Three kernels: scores, softmax and code-space values (kernels/attention/decode.cu),
 // then the merge that applies E once per query head (kernels/attention/merge.cu).

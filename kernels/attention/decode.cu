@@ -366,8 +366,16 @@ size_t attend_partial_floats(const ModelShape& m, uint32_t n_rows, uint32_t n_sp
 }
 
 uint32_t attend_splits(const ModelShape& m, const AttendPlan& plan, uint32_t n_rows) {
-    const uint32_t per_split = std::max<uint32_t>(1, n_rows * m.n_kv_heads);
-    return std::min<uint32_t>(kMaxSplits, std::max<uint32_t>(1, plan.resident_ctas / per_split));
+    // The fewest waves of resident CTAs that keep 90% of them busy: one
+    // wave of 8 heads x 15 splits for one row; 7 splits over 4 waves for 8
+    // rows of 8 heads on 120 resident CTAs (1 split would leave half idle).
+    const uint64_t units = std::max<uint64_t>(1, uint64_t(n_rows) * m.n_kv_heads), resident = plan.resident_ctas;
+    for (uint64_t waves = 1;; ++waves) {
+        const uint64_t splits = std::min<uint64_t>(kMaxSplits, waves * resident / units);
+        if (splits >= 1 && (splits == kMaxSplits || 10 * units * splits >= 9 * waves * resident))
+            return uint32_t(splits);
+        if (waves * resident >= 64 * units) return uint32_t(std::max<uint64_t>(1, splits));
+    }
 }
 
 int launch_attend(const AttendParams& p, void* stream) {
