@@ -1,4 +1,4 @@
-// Attention on the CPU, computed from the compressed codes (SPEC.md):
+// Attention on the CPU, computed from the compressed codes (docs/METHOD.md):
 //  - keys: per token and KV head, the key is formed once from its codewords
 //    (sum over stages of z_A + i z_B, times the scale) and rotated by +m;
 //    all query heads of the group then take their dot product with it;

@@ -5,7 +5,7 @@
 //   key codes     [block_tokens][key_code_bytes]   packed stage codes
 //   value codes   [block_tokens][value_code_bytes] packed code bits
 //   key scales    [block_tokens][n_key_scales]     float32
-//   value weights [block_tokens]                   float32 (w of SPEC.md)
+//   value weights [block_tokens]                   float32 (w of docs/METHOD.md)
 // Each region starts on a 16-byte boundary. CPU and CUDA back ends share it.
 #pragma once
 

@@ -1,6 +1,6 @@
 // The codebook of one model: per layer, the key codebook (R residual stages
 // of C commutative sub-centers per KV head) and the value codebook (the
-// learned encoder and the additive binary codebook E). See SPEC.md.
+// learned encoder and the additive binary codebook E). See docs/METHOD.md.
 //
 // Key sub-centers are stored in the canonical pair layout: for a head vector
 // of P = head_dim/2 complex numbers, element [2j] is the real part and

@@ -221,7 +221,7 @@ void KeyEncoder::search_stage(uint32_t head, uint32_t stage, uint32_t m, Work& w
     for (i = 0; i < m; ++i) w.code[i] = best_code(head, stage, i, w);
 }
 
-// ||t - c_{A,B}||^2 = ||t||^2 + alpha_A + beta_B + gamma_{A,B} (SPEC.md),
+// ||t - c_{A,B}||^2 = ||t||^2 + alpha_A + beta_B + gamma_{A,B} (docs/METHOD.md),
 // for token i of the tile, whose float alpha and beta are computed.
 uint32_t KeyEncoder::best_code(uint32_t head, uint32_t stage, uint32_t i, Work& w) const {
     const uint32_t C = cb_.sub_centers, d = cb_.head_dim;

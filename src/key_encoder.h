@@ -1,5 +1,5 @@
 // Key encoding by greedy residual search with the exact decomposition of
-// SPEC.md: ||t - c_{A,B}||^2 = ||t||^2 + alpha_A + beta_B + gamma_{A,B}, so a
+// docs/METHOD.md: ||t - c_{A,B}||^2 = ||t||^2 + alpha_A + beta_B + gamma_{A,B}, so a
 // stage costs 2C dot products and C*C additions instead of C*C distances.
 // Ties go to the lower code A * C + B.
 #pragma once

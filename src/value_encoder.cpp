@@ -14,7 +14,7 @@ namespace {
 constexpr double kLayerNormEps = 1e-5;
 
 // The two bits of each group's winning option: 0 -> (1,0), 1 -> (0,1),
-// 2 -> (1,1), 3 -> (0,0), as bits (2g, 2g+1). SPEC.md "Values".
+// 2 -> (1,1), 3 -> (0,0), as bits (2g, 2g+1). docs/METHOD.md "Values".
 constexpr uint8_t kOptionBits[4] = {0b01, 0b10, 0b11, 0b00};
 
 // y = W x + b for W [rows][cols]: row dot products with eight partial sums

@@ -1,4 +1,4 @@
-// Value encoding: the learned encoder of SPEC.md (per-channel scale, norm,
+// Value encoding: the learned encoder of docs/METHOD.md (per-channel scale, norm,
 // LayerNorm, Linear, GELU, Linear) and argmax over each group of 4 logits,
 // which becomes 2 bits. Also the per-token weight w = (sigma+eps)/(||y||+eps).
 #pragma once

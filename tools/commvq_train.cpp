@@ -14,11 +14,14 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "codebook_file.h"
 #include "error.h"
 #include "key_encoder.h"
+#include "model_settings.h"
 #include "pair_layout.h"
 #include "safetensors.h"
 #include "train/attention_weights.h"
@@ -40,13 +43,15 @@ const char* kUsage =
     "  --bits 1|2              value bits; key stages R = 11 or 21 (default 1)\n"
     "  --stages R              key residual stages (default from --bits)\n"
     "  --sub-centers C         sub-centers per stage (default 64: 12-bit codes)\n"
-    "  --pairs rotate-half|interleaved   the model's RoPE pair layout (default rotate-half)\n"
     "  --scale token|head      key scale: per token over all heads, or per head (default token)\n"
-    "  --q-heads N             query heads of the model (default = KV heads)\n"
-    "  --rope-theta X          (default 10000)\n"
+    "  The model's settings default to those the KV file records (tools/collect_kv.py\n"
+    "  writes them); a flag that contradicts the file is refused:\n"
+    "  --pairs rotate-half|interleaved   the model's RoPE pair layout (else rotate-half)\n"
+    "  --q-heads N             query heads of the model (else = KV heads)\n"
+    "  --rope-theta X          (else 10000)\n"
     "  --rope-scaling none|linear|llama3, --rope-factor X, --rope-low-freq-factor X,\n"
     "  --rope-high-freq-factor X, --rope-original-max-position X\n"
-    "  --model-name NAME       recorded in the codebook\n"
+    "  --model-name NAME       recorded in the codebook (may differ from the file's)\n"
     "  --max-samples N         tokens per layer to train on (default 1048576)\n"
     "  --key-steps N           EM steps per key stage at most (default 100)\n"
     "  --value-steps N         value optimizer steps per layer (default 2000)\n"
@@ -67,7 +72,7 @@ const char* kUsage =
     "                          docs/FORMATS.md); --eval then measures the file as written\n"
     "  --eval FILE             after training (or for --codebook), report key and value\n"
     "                          MSE on this KV file; may be repeated\n"
-    "  -q, --quiet             no progress bar\n";
+    "  -q, --quiet             no progress (a bar on a terminal, else a line per 5%)\n";
 
 [[noreturn]] void usage_error(const std::string& message) {
     std::fprintf(stderr, "commvq-train: %s\n\n%s", message.c_str(), kUsage);
@@ -123,29 +128,40 @@ KvFile read_kv(const std::string& path) {
     return kv;
 }
 
-// Progress bar on stderr, redrawn at most every 0.2 s.
-class ProgressBar {
+// Training progress on stderr: on a terminal a bar redrawn in place at most
+// every 0.2 s; elsewhere (a log, a pipe, CI) plain lines, one per 5% of the
+// job, since carriage returns and escape codes only garble a file.
+class Progress {
 public:
-    explicit ProgressBar(bool quiet) : quiet_(quiet), start_(Clock::now()), last_(start_) {}
+    explicit Progress(bool quiet) : quiet_(quiet), bar_(isatty(fileno(stderr)) == 1), start_(Clock::now()),
+                                    last_(start_) {}
     bool update(const std::string& phase, double fraction, double detail) {
         if (quiet_) return true;
         auto now = Clock::now();
+        const double elapsed = std::chrono::duration<double>(now - start_).count();
+        const double left = fraction > 0 ? elapsed * (1.0 - fraction) / fraction : 0.0;
+        const char* measure = phase.rfind("keys", 0) == 0 ? "mse" : "loss";
+        if (!bar_) {
+            const int step = int(fraction * 20.0);  // 5% steps
+            if (step <= lines_) return true;
+            lines_ = step;
+            std::fprintf(stderr, "%5.1f%% %s %s %.3e  elapsed %s  left %s\n", 100.0 * fraction, phase.c_str(),
+                         measure, detail, clock(elapsed).c_str(), clock(left).c_str());
+            return true;
+        }
         if (fraction < 1.0 && phase == phase_ && now - last_ < std::chrono::milliseconds(200)) return true;
         phase_ = phase;
         last_ = now;
-        double elapsed = std::chrono::duration<double>(now - start_).count();
-        double left = fraction > 0 ? elapsed * (1.0 - fraction) / fraction : 0.0;
         constexpr int kWidth = 30;
         int filled = int(fraction * kWidth);
         std::fprintf(stderr, "\r[%-*s] %5.1f%% %-32s %s %.3e  elapsed %s  left %s\x1b[K", kWidth,
-                     std::string(size_t(filled), '#').c_str(), 100.0 * fraction, phase.c_str(),
-                     phase.rfind("keys", 0) == 0 ? "mse" : "loss", detail, clock(elapsed).c_str(),
-                     clock(left).c_str());
+                     std::string(size_t(filled), '#').c_str(), 100.0 * fraction, phase.c_str(), measure, detail,
+                     clock(elapsed).c_str(), clock(left).c_str());
         if (fraction >= 1.0) std::fputc('\n', stderr);
         return true;
     }
     void finish() {
-        if (!quiet_) std::fputc('\n', stderr);
+        if (!quiet_ && bar_) std::fputc('\n', stderr);
     }
 
 private:
@@ -156,9 +172,10 @@ private:
         std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
         return buf;
     }
-    bool quiet_;
+    bool quiet_, bar_;
     Clock::time_point start_, last_;
     std::string phase_;
+    int lines_ = 0;  // 5% steps reported (plain lines)
 };
 
 // Key MSE after each stage and value MSE, per layer, of a codebook on a KV
@@ -227,25 +244,12 @@ std::vector<float> attention_value_weights(const KvFile& kv, const commvq::train
     if (kv.n_queries == 0)
         usage_error("--attention-weight needs queries, and " + path +
                     " has no queries.{l} (collect them with tools/collect_kv.py --queries-last N)");
-    if (options.n_q_heads != 0 && options.n_q_heads != kv.n_q_heads)
-        usage_error("--q-heads " + std::to_string(options.n_q_heads) + " but " + path + " has queries of " +
-                    std::to_string(kv.n_q_heads) + " heads");
-    // The mass needs the model's RoPE: refuse a description that contradicts
-    // the one the file records.
+    // The mass needs the model's RoPE and query heads: options carries the
+    // file's (resolve_model_settings refused flags that contradict them).
     auto meta = [&](const char* key) -> std::string {
         auto it = kv.metadata.find(key);
         return it == kv.metadata.end() ? std::string() : it->second;
     };
-    const std::string theta = meta("rope_theta"), layout = meta("rope_layout"), scaling = meta("rope_scaling");
-    if (!theta.empty() && std::fabs(std::strtod(theta.c_str(), nullptr) - options.rope.theta) > 1e-9 * options.rope.theta)
-        usage_error(path + " was collected with rope_theta " + theta + ": pass --rope-theta " + theta +
-                    " (the attention mass needs the model's RoPE)");
-    if (!layout.empty() && layout != (options.pair_layout == COMMVQ_PAIRS_INTERLEAVED ? "interleaved" : "rotate_half"))
-        usage_error(path + " has rope_layout " + layout + ", which --pairs contradicts");
-    const char* scaling_names[] = {"none", "linear", "llama3"};
-    if (!scaling.empty() && options.rope.scaling >= 0 && options.rope.scaling < 3 &&
-        scaling != scaling_names[options.rope.scaling])
-        usage_error(path + " has rope_scaling " + scaling + ", which --rope-scaling contradicts");
 
     const uint64_t T = kv.n_tokens, Tq = kv.n_queries;
     std::vector<uint64_t> chunk_rows = {0};
@@ -340,6 +344,7 @@ uint64_t parse_count(const std::string& flag, const char* text) {
 
 int run(int argc, char** argv) {
     commvq::train::TrainOptions options;
+    train_tool::ModelFlags model;
     std::string input, output, codebook_path;
     int32_t storage = COMMVQ_DTYPE_F32;
     std::vector<std::string> evals;
@@ -373,27 +378,27 @@ int run(int argc, char** argv) {
         else if (a == "--sub-centers") options.sub_centers = uint32_t(parse_count(a, value()));
         else if (a == "--pairs") {
             std::string p = value();
-            if (p == "rotate-half") options.pair_layout = COMMVQ_PAIRS_ROTATE_HALF;
-            else if (p == "interleaved") options.pair_layout = COMMVQ_PAIRS_INTERLEAVED;
+            if (p == "rotate-half") model.pair_layout = COMMVQ_PAIRS_ROTATE_HALF;
+            else if (p == "interleaved") model.pair_layout = COMMVQ_PAIRS_INTERLEAVED;
             else usage_error("--pairs must be rotate-half or interleaved");
         } else if (a == "--scale") {
             std::string s = value();
             if (s == "token") options.scale_mode = COMMVQ_SCALE_TOKEN;
             else if (s == "head") options.scale_mode = COMMVQ_SCALE_HEAD;
             else usage_error("--scale must be token or head");
-        } else if (a == "--q-heads") options.n_q_heads = uint32_t(parse_count(a, value()));
-        else if (a == "--rope-theta") options.rope.theta = parse_number(a, value());
+        } else if (a == "--q-heads") model.n_q_heads = uint32_t(parse_count(a, value()));
+        else if (a == "--rope-theta") model.rope_theta = parse_number(a, value());
         else if (a == "--rope-scaling") {
             std::string s = value();
-            if (s == "none") options.rope.scaling = COMMVQ_ROPE_SCALING_NONE;
-            else if (s == "linear") options.rope.scaling = COMMVQ_ROPE_SCALING_LINEAR;
-            else if (s == "llama3") options.rope.scaling = COMMVQ_ROPE_SCALING_LLAMA3;
+            if (s == "none") model.rope_scaling = COMMVQ_ROPE_SCALING_NONE;
+            else if (s == "linear") model.rope_scaling = COMMVQ_ROPE_SCALING_LINEAR;
+            else if (s == "llama3") model.rope_scaling = COMMVQ_ROPE_SCALING_LLAMA3;
             else usage_error("--rope-scaling must be none, linear or llama3");
-        } else if (a == "--rope-factor") options.rope.factor = parse_number(a, value());
-        else if (a == "--rope-low-freq-factor") options.rope.low_freq_factor = parse_number(a, value());
-        else if (a == "--rope-high-freq-factor") options.rope.high_freq_factor = parse_number(a, value());
-        else if (a == "--rope-original-max-position") options.rope.original_max_position = parse_number(a, value());
-        else if (a == "--model-name") options.model_name = value();
+        } else if (a == "--rope-factor") model.rope_factor = parse_number(a, value());
+        else if (a == "--rope-low-freq-factor") model.rope_low_freq_factor = parse_number(a, value());
+        else if (a == "--rope-high-freq-factor") model.rope_high_freq_factor = parse_number(a, value());
+        else if (a == "--rope-original-max-position") model.rope_original_max_position = parse_number(a, value());
+        else if (a == "--model-name") model.model_name = value();
         else if (a == "--max-samples") options.max_samples = parse_count(a, value());
         else if (a == "--key-steps") options.key_max_steps = uint32_t(parse_count(a, value()));
         else if (a == "--value-steps") options.value_steps = uint32_t(parse_count(a, value()));
@@ -426,12 +431,20 @@ int run(int argc, char** argv) {
         KvFile kv = read_kv(input);
         std::fprintf(stderr, "%s: %u layers, %llu tokens, %u KV heads, head_dim %u\n", input.c_str(), kv.n_layers,
                      (unsigned long long)kv.n_tokens, kv.n_kv_heads, kv.head_dim);
+        try {
+            const train_tool::KvModel file{input, kv.metadata, kv.n_layers, kv.n_kv_heads, kv.head_dim, kv.n_q_heads};
+            for (const std::string& note : train_tool::resolve_model_settings(model, file, options))
+                std::fprintf(stderr, "  %s\n", note.c_str());
+        } catch (const train_tool::SettingsConflict& e) {
+            std::fprintf(stderr, "commvq-train: %s\n", e.what());
+            return 2;
+        }
         std::vector<float> value_weights;  // [L][T], kept alive through training
         if (attention_beta > 0) {
             value_weights = attention_value_weights(kv, options, attention_beta, input);
             options.value_weights = value_weights.data();
         }
-        ProgressBar bar(quiet);
+        Progress bar(quiet);
         commvq::train::TrainReport report;
         auto start = std::chrono::steady_clock::now();
         cb = commvq::train::train_codebook(

@@ -18,7 +18,8 @@ The reference release (arXiv 2506.18879) ships its two codebooks in two places:
   additive codebook E), norm1.{weight,bias} [D], enc1.{weight [I, D], bias},
   out.{weight [4n, I], bias} and learnable_scale [D]. The reference encoder
   computes x / (learnable_scale + 1e-6) before anything else and multiplies by
-  (learnable_scale + 1e-6) after decoding, which is exactly SPEC.md's lambda,
+  (learnable_scale + 1e-6) after decoding, which is exactly the lambda of
+  docs/METHOD.md,
   so learnable_scale is written as values.lambda unchanged. The bit width
   follows from E: 2n = D * value_bits.
 

@@ -7,7 +7,7 @@
 commvq_go_api* commvq_go_open(const char* path, char* error, size_t error_size) {
     void* handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
-        snprintf(error, error_size, "cannot load libcommvq: %s", dlerror());
+        snprintf(error, error_size, "%s", dlerror());
         return NULL;
     }
     /* The version first: a library of another major may lack other symbols. */

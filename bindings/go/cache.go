@@ -7,7 +7,6 @@ package commvq
 import "C"
 
 import (
-	"fmt"
 	"runtime"
 	"unsafe"
 )
@@ -93,21 +92,21 @@ func (cb *Codebook) NewCache(p CacheParams) (*Cache, error) {
 
 func (c *Cache) live() error {
 	if c.ptr == nil {
-		return fmt.Errorf("commvq: the cache is closed")
+		return ErrClosed
 	}
 	return nil
 }
 
 func rows(n, row int, what string) (C.uint32_t, error) {
 	if n == 0 || n%row != 0 {
-		return 0, fmt.Errorf("commvq: %s has %d elements, not a positive multiple of %d", what, n, row)
+		return 0, refuse(ErrShapeMismatch, "%s has %d elements, not a positive multiple of %d", what, n, row)
 	}
 	return C.uint32_t(n / row), nil
 }
 
 func (c *Cache) checkDtype(half bool) error {
 	if half != (c.ioDtype != DtypeF32) {
-		return fmt.Errorf("commvq: buffer type does not match the cache's io dtype %d", c.ioDtype)
+		return refuse(ErrInvalidArgument, "buffer type does not match the cache's io dtype %d", c.ioDtype)
 	}
 	return nil
 }
@@ -124,7 +123,7 @@ func (c *Cache) append(layer, seq uint32, nk, nv int, k, v unsafe.Pointer, half 
 		return err
 	}
 	if nv != nk {
-		return fmt.Errorf("commvq: k has %d elements, v %d", nk, nv)
+		return refuse(ErrShapeMismatch, "k has %d elements, v %d", nk, nv)
 	}
 	err = c.lib.call(func() C.commvq_status_t {
 		return C.cq_cache_append(c.lib.api, c.ptr, C.uint32_t(layer), C.uint32_t(seq), n, k, v)
@@ -136,7 +135,7 @@ func (c *Cache) append(layer, seq uint32, nk, nv int, k, v unsafe.Pointer, half 
 // Append adds tokens to one layer of a sequence: k, v [n][n_kv_heads][head_dim].
 func (c *Cache) Append(layer, seq uint32, k, v []float32) error {
 	if len(k) == 0 || len(v) == 0 {
-		return fmt.Errorf("commvq: no tokens")
+		return refuse(ErrInvalidArgument, "no tokens")
 	}
 	return c.append(layer, seq, len(k), len(v), unsafe.Pointer(&k[0]), unsafe.Pointer(&v[0]), false)
 }
@@ -144,20 +143,20 @@ func (c *Cache) Append(layer, seq uint32, k, v []float32) error {
 // AppendHalf is Append for F16 or BF16 io (raw bits).
 func (c *Cache) AppendHalf(layer, seq uint32, k, v []uint16) error {
 	if len(k) == 0 || len(v) == 0 {
-		return fmt.Errorf("commvq: no tokens")
+		return refuse(ErrInvalidArgument, "no tokens")
 	}
 	return c.append(layer, seq, len(k), len(v), unsafe.Pointer(&k[0]), unsafe.Pointer(&v[0]), true)
 }
 
 func (c *Cache) outputs(n C.uint32_t, nOut int, lse []float32) (*C.float, error) {
 	if nOut != int(n)*c.qRow {
-		return nil, fmt.Errorf("commvq: out has %d elements, needs %d", nOut, int(n)*c.qRow)
+		return nil, refuse(ErrShapeMismatch, "out has %d elements, needs %d", nOut, int(n)*c.qRow)
 	}
 	if lse == nil {
 		return nil, nil
 	}
 	if len(lse) != int(n)*c.nQHeads {
-		return nil, fmt.Errorf("commvq: lse has %d elements, needs %d", len(lse), int(n)*c.nQHeads)
+		return nil, refuse(ErrShapeMismatch, "lse has %d elements, needs %d", len(lse), int(n)*c.nQHeads)
 	}
 	return (*C.float)(unsafe.Pointer(&lse[0])), nil
 }
@@ -190,7 +189,7 @@ func (c *Cache) attend(layer, seq uint32, nq, nOut int, q, out unsafe.Pointer, l
 // into out (q's layout); lse, [n][n_q_heads], may be nil.
 func (c *Cache) Attend(layer, seq uint32, q, out, lse []float32, flags uint32) error {
 	if len(q) == 0 || len(out) == 0 {
-		return fmt.Errorf("commvq: no queries")
+		return refuse(ErrInvalidArgument, "no queries")
 	}
 	return c.attend(layer, seq, len(q), len(out), unsafe.Pointer(&q[0]), unsafe.Pointer(&out[0]), lse, flags, false)
 }
@@ -198,7 +197,7 @@ func (c *Cache) Attend(layer, seq uint32, q, out, lse []float32, flags uint32) e
 // AttendHalf is Attend for F16 or BF16 io (raw bits); lse stays float32.
 func (c *Cache) AttendHalf(layer, seq uint32, q, out []uint16, lse []float32, flags uint32) error {
 	if len(q) == 0 || len(out) == 0 {
-		return fmt.Errorf("commvq: no queries")
+		return refuse(ErrInvalidArgument, "no queries")
 	}
 	return c.attend(layer, seq, len(q), len(out), unsafe.Pointer(&q[0]), unsafe.Pointer(&out[0]), lse, flags, true)
 }
@@ -216,7 +215,7 @@ func (c *Cache) AttendBatch(layer uint32, seqIDs []uint32, q, out, lse []float32
 		return err
 	}
 	if int(n) != len(seqIDs) {
-		return fmt.Errorf("commvq: %d sequences, %d queries", len(seqIDs), n)
+		return refuse(ErrShapeMismatch, "%d sequences, %d queries", len(seqIDs), n)
 	}
 	lsePtr, err := c.outputs(n, len(out), lse)
 	if err != nil {

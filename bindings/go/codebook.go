@@ -7,7 +7,6 @@ package commvq
 import "C"
 
 import (
-	"fmt"
 	"runtime"
 	"unsafe"
 )
@@ -60,7 +59,7 @@ func (l *Library) LoadCodebook(path string) (*Codebook, error) {
 // LoadCodebookBytes reads a codebook from the bytes of a codebook file (copied).
 func (l *Library) LoadCodebookBytes(data []byte) (*Codebook, error) {
 	if len(data) == 0 {
-		return nil, fmt.Errorf("commvq: empty codebook data")
+		return nil, refuse(ErrInvalidArgument, "empty codebook data")
 	}
 	var ptr *C.commvq_codebook_t
 	err := l.call(func() C.commvq_status_t {
@@ -74,7 +73,7 @@ func (l *Library) LoadCodebookBytes(data []byte) (*Codebook, error) {
 
 func (cb *Codebook) live() (*C.commvq_codebook_t, error) {
 	if cb.ptr == nil {
-		return nil, fmt.Errorf("commvq: the codebook is closed")
+		return nil, ErrClosed
 	}
 	return cb.ptr, nil
 }

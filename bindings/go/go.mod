@@ -1,3 +1,3 @@
-module commvq
+module commvq.org/libcommvq/bindings/go
 
 go 1.19

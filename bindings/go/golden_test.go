@@ -1,7 +1,11 @@
 package commvq
 
 // The bindings' golden test (tests/data/golden/golden.txt describes it).
-// Environment: COMMVQ_LIBRARY (the library), COMMVQ_GOLDEN_DIR.
+// It needs no environment inside the repository: the golden data is
+// ../../tests/data/golden and the library the one pkg-config finds (the one
+// the package was built against). COMMVQ_GOLDEN_DIR and COMMVQ_LIBRARY
+// override them; COMMVQ_STUB_PARTIAL and COMMVQ_STUB_OTHER_MAJOR name wrong
+// libraries to refuse.
 
 import (
 	"bufio"
@@ -9,6 +13,7 @@ import (
 	"errors"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -95,11 +100,45 @@ func mismatches(t *testing.T, name string, got, want []float32, atol, rtol float
 	return bad
 }
 
+// goldenDir is $COMMVQ_GOLDEN_DIR, else the repository's golden data.
+func goldenDir() string {
+	if dir := os.Getenv("COMMVQ_GOLDEN_DIR"); dir != "" {
+		return dir
+	}
+	return filepath.Join("..", "..", "tests", "data", "golden")
+}
+
+// libraryPath is $COMMVQ_LIBRARY, else libcommvq.so.0 in the libdir of the
+// commvq.pc the package was built with, else "" (Open's own default).
+func libraryPath(t *testing.T) string {
+	if path := os.Getenv("COMMVQ_LIBRARY"); path != "" {
+		return path
+	}
+	out, err := exec.Command("pkg-config", "--variable=libdir", "commvq").Output()
+	if err != nil {
+		t.Logf("pkg-config --variable=libdir commvq: %v; using the loader's search path", err)
+		return ""
+	}
+	path := filepath.Join(strings.TrimSpace(string(out)), "libcommvq.so.0")
+	if _, err := os.Stat(path); err != nil {
+		t.Logf("%v; using the loader's search path", err)
+		return ""
+	}
+	return path
+}
+
 func expectError(t *testing.T, lib *Library, err error, want Status, fragment string) {
 	t.Helper()
 	var e *Error
 	if !errors.As(err, &e) {
 		t.Fatalf("got %v, want %s", err, lib.StatusString(want))
+	}
+	if !errors.Is(err, want) {
+		t.Fatalf("errors.Is(%v, %s) is false", err, want)
+	}
+	var status Status
+	if !errors.As(err, &status) || status != want {
+		t.Fatalf("errors.As gives status %d, want %d", status, want)
 	}
 	if e.Status != want || e.Name != lib.StatusString(want) {
 		t.Fatalf("got %s, want %s", e.Name, lib.StatusString(want))
@@ -111,10 +150,7 @@ func expectError(t *testing.T, lib *Library, err error, want Status, fragment st
 }
 
 func TestGolden(t *testing.T) {
-	dir := os.Getenv("COMMVQ_GOLDEN_DIR")
-	if dir == "" {
-		t.Fatal("COMMVQ_GOLDEN_DIR is not set")
-	}
+	dir := goldenDir()
 	g := readGolden(t, dir)
 	nTokens, nQueries := int(g.int(t, "n_tokens")), int(g.int(t, "n_queries"))
 	kvHeads, qHeads, headDim := g.int(t, "n_kv_heads"), g.int(t, "n_q_heads"), g.int(t, "head_dim")
@@ -123,7 +159,7 @@ func TestGolden(t *testing.T) {
 	queries := g.floats(t, "queries", qo)
 	wantOut, wantLse := g.floats(t, "out", qo), g.floats(t, "lse", nQueries*int(qHeads))
 
-	lib, err := Open("")
+	lib, err := Open(libraryPath(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,6 +167,11 @@ func TestGolden(t *testing.T) {
 		t.Fatalf("version %d", lib.VersionNumber())
 	}
 	t.Logf("libcommvq %s from %s", lib.Version(), lib.Path)
+	for status, name := range statusNames {
+		if got := lib.StatusString(status); got != name || status.Error() != name {
+			t.Fatalf("status %d: the library names it %s, the binding %s", status, got, status.Error())
+		}
+	}
 
 	cb, err := lib.LoadCodebook(filepath.Join(dir, g.text(t, "codebook")))
 	if err != nil {
@@ -156,8 +197,8 @@ func TestGolden(t *testing.T) {
 	}
 	defer cache.Close()
 	cb.Close() // the cache keeps what it needs
-	if _, err := cb.Info(); err == nil {
-		t.Fatal("a closed codebook answered")
+	if _, err := cb.Info(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("a closed codebook answered %v, want ErrClosed", err)
 	}
 
 	layer, seq := g.int(t, "layer"), g.int(t, "seq")
@@ -190,16 +231,16 @@ func TestGolden(t *testing.T) {
 	_, err = lib.LoadCodebook(missing)
 	expectError(t, lib, err, ErrIO, missing)
 
-	if err := cache.Attend(layer, seq, queries, out[:1], nil, AttendCausal); err == nil {
-		t.Fatal("a short output buffer was accepted")
+	if err := cache.Attend(layer, seq, queries, out[:1], nil, AttendCausal); !errors.Is(err, ErrShapeMismatch) {
+		t.Fatalf("a short output buffer: got %v, want ErrShapeMismatch", err)
 	}
 	cache.Close()
 	cache.Close()
-	if _, err := cache.SeqLength(seq); err == nil {
-		t.Fatal("a closed cache answered")
+	if _, err := cache.SeqLength(seq); !errors.Is(err, ErrClosed) {
+		t.Fatalf("a closed cache answered %v, want ErrClosed", err)
 	}
-	if _, err := Open(filepath.Join(t.TempDir(), "libnothing.so")); err == nil {
-		t.Fatal("a missing library loaded")
+	if _, err := Open(filepath.Join(t.TempDir(), "libnothing.so")); !errors.Is(err, ErrLoad) {
+		t.Fatalf("a missing library: got %v, want ErrLoad", err)
 	}
 
 	// Wrong libraries are refused at load time, with the reason.
@@ -211,7 +252,7 @@ func TestGolden(t *testing.T) {
 			continue
 		}
 		_, err := Open(stub)
-		if err == nil || !strings.Contains(err.Error(), fragment) {
+		if !errors.Is(err, ErrLoad) || !strings.Contains(err.Error(), fragment) {
 			t.Fatalf("%s: got %v, want an error saying %q", stub, err, fragment)
 		}
 		t.Log(err)

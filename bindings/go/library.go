@@ -1,7 +1,7 @@
 // Package commvq loads libcommvq at run time (cgo and dlopen) and wraps its C
 // API: a Library, Codebooks and Caches that own their handles.
 //
-//	lib, err := commvq.Open("")                 // $COMMVQ_LIBRARY or libcommvq.so.0
+//	lib, err := commvq.Open("")                 // $COMMVQ_LIBRARY, else libcommvq.so.0 from the loader's path
 //	cb, err := lib.LoadCodebook("model.cvq.safetensors")
 //	defer cb.Close()
 //	params := lib.DefaultCacheParams()
@@ -10,13 +10,22 @@
 //	err = cache.Append(layer, seq, k, v)          // []float32 [n][n_kv_heads][head_dim]
 //	err = cache.Attend(layer, seq, q, out, lse, commvq.AttendCausal)
 //
+// Failures are *Error values that errors.Is matches against the status
+// constants (errors.Is(err, commvq.ErrCapacity)); use after Close is ErrClosed.
 // Handles are freed exactly once: by Close, or by a finalizer if Close was
 // never called. A Codebook or Cache must not be used by two goroutines at once.
+//
+// Building needs the installed library's commvq.pc (pkg-config) for the
+// header; the library itself is opened at run time, so a program starts
+// without it and Open says what is wrong.
 package commvq
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../include
-#cgo LDFLAGS: -ldl
+#cgo pkg-config: commvq
+// Only the header is wanted at build time: the functions are resolved with
+// dlsym, so --as-needed drops the -lcommvq that pkg-config adds (cgo puts
+// these flags before pkg-config's).
+#cgo LDFLAGS: -Wl,--as-needed -ldl
 #include <stdlib.h>
 #include "api.h"
 */
@@ -29,51 +38,25 @@ import (
 	"unsafe"
 )
 
-// Status is a commvq_status_t; its values come from commvq.h.
-type Status int32
-
+// Constants of commvq.h (the statuses are in errors.go).
 const (
-	OK                  Status = C.COMMVQ_OK
-	ErrInvalidArgument  Status = C.COMMVQ_ERR_INVALID_ARGUMENT
-	ErrShapeMismatch    Status = C.COMMVQ_ERR_SHAPE_MISMATCH
-	ErrOutOfRange       Status = C.COMMVQ_ERR_OUT_OF_RANGE
-	ErrInvalidState     Status = C.COMMVQ_ERR_INVALID_STATE
-	ErrCapacity         Status = C.COMMVQ_ERR_CAPACITY
-	ErrOutOfMemory      Status = C.COMMVQ_ERR_OUT_OF_MEMORY
-	ErrIO               Status = C.COMMVQ_ERR_IO
-	ErrFormat           Status = C.COMMVQ_ERR_FORMAT
-	ErrCorrupt          Status = C.COMMVQ_ERR_CORRUPT
-	ErrCodebookMismatch Status = C.COMMVQ_ERR_CODEBOOK_MISMATCH
-	ErrNotSupported     Status = C.COMMVQ_ERR_NOT_SUPPORTED
-	ErrCUDA             Status = C.COMMVQ_ERR_CUDA
-	ErrCancelled        Status = C.COMMVQ_ERR_CANCELLED
-	ErrInternal         Status = C.COMMVQ_ERR_INTERNAL
-	VersionMajor               = C.COMMVQ_VERSION_MAJOR
-	DeviceCPU                  = C.COMMVQ_DEVICE_CPU
-	DtypeF32                   = C.COMMVQ_DTYPE_F32
-	DtypeF16                   = C.COMMVQ_DTYPE_F16
-	DtypeBF16                  = C.COMMVQ_DTYPE_BF16
-	KeysPreRope                = C.COMMVQ_KEYS_PRE_ROPE
-	KeysPostRope               = C.COMMVQ_KEYS_POST_ROPE
-	PairsRotateHalf            = C.COMMVQ_PAIRS_ROTATE_HALF
-	PairsInterleaved           = C.COMMVQ_PAIRS_INTERLEAVED
-	ScaleToken                 = C.COMMVQ_SCALE_TOKEN
-	ScaleHead                  = C.COMMVQ_SCALE_HEAD
-	RopeScalingNone            = C.COMMVQ_ROPE_SCALING_NONE
-	RopeScalingLinear          = C.COMMVQ_ROPE_SCALING_LINEAR
-	RopeScalingLlama3          = C.COMMVQ_ROPE_SCALING_LLAMA3
-	AttendCausal        uint32 = C.COMMVQ_ATTEND_CAUSAL
-	AttendNonCausal     uint32 = C.COMMVQ_ATTEND_NON_CAUSAL
+	VersionMajor             = C.COMMVQ_VERSION_MAJOR
+	DeviceCPU                = C.COMMVQ_DEVICE_CPU
+	DtypeF32                 = C.COMMVQ_DTYPE_F32
+	DtypeF16                 = C.COMMVQ_DTYPE_F16
+	DtypeBF16                = C.COMMVQ_DTYPE_BF16
+	KeysPreRope              = C.COMMVQ_KEYS_PRE_ROPE
+	KeysPostRope             = C.COMMVQ_KEYS_POST_ROPE
+	PairsRotateHalf          = C.COMMVQ_PAIRS_ROTATE_HALF
+	PairsInterleaved         = C.COMMVQ_PAIRS_INTERLEAVED
+	ScaleToken               = C.COMMVQ_SCALE_TOKEN
+	ScaleHead                = C.COMMVQ_SCALE_HEAD
+	RopeScalingNone          = C.COMMVQ_ROPE_SCALING_NONE
+	RopeScalingLinear        = C.COMMVQ_ROPE_SCALING_LINEAR
+	RopeScalingLlama3        = C.COMMVQ_ROPE_SCALING_LLAMA3
+	AttendCausal      uint32 = C.COMMVQ_ATTEND_CAUSAL
+	AttendNonCausal   uint32 = C.COMMVQ_ATTEND_NON_CAUSAL
 )
-
-// Error is a failed call: its status, the status's name and the library's message.
-type Error struct {
-	Status  Status
-	Name    string
-	Message string
-}
-
-func (e *Error) Error() string { return e.Name + ": " + e.Message }
 
 // Library is a loaded libcommvq. It stays loaded for the life of the process.
 type Library struct {
@@ -83,7 +66,8 @@ type Library struct {
 
 // Open loads libcommvq from path; "" means $COMMVQ_LIBRARY, else
 // libcommvq.so.<major> from the loader's search path. It checks the major
-// version and resolves every function, naming the first one missing.
+// version and resolves every function, naming the first one missing; its
+// errors match ErrLoad.
 func Open(path string) (*Library, error) {
 	if path == "" {
 		path = os.Getenv("COMMVQ_LIBRARY")
@@ -96,7 +80,7 @@ func Open(path string) (*Library, error) {
 	var message [512]C.char
 	api := C.commvq_go_open(cPath, &message[0], C.size_t(len(message)))
 	if api == nil {
-		return nil, fmt.Errorf("commvq: %s", C.GoString(&message[0]))
+		return nil, fmt.Errorf("%w: %s", ErrLoad, C.GoString(&message[0]))
 	}
 	return &Library{api: api, Path: path}, nil
 }

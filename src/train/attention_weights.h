@@ -2,7 +2,7 @@
 //
 // What the reference optimizes. CommVQ trains the value codebook with
 // MSE(v_hat, v)/2 plus the MSE between the attention block's output
-// projection computed with v_hat and with v (SPEC.md "Values"). That second
+// projection computed with v_hat and with v (docs/METHOD.md, "Training"). That second
 // term needs the model's W_o and runs the language model; the library has
 // neither. What it can see is where the error of a value lands: the
 // attention output of query head h is sum_t p_{h,t} v_t, so an error e_t in

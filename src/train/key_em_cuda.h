@@ -1,5 +1,5 @@
-// The E-step of the key codebook's EM on a CUDA device (SPEC.md "Training
-// the key codebook"): distances of every sample to all C*C centers through
+// The E-step of the key codebook's EM on a CUDA device (docs/METHOD.md
+// "Training"): distances of every sample to all C*C centers through
 // one cuBLAS product per chunk, the hard assignment, and the soft statistics
 // n_c = sum_n w_nc and S_c = sum_n w_nc t_n. The M-step stays on the host
 // (a 2C x 2C factorization in float64, m_step.h), as does the keep/stop

@@ -34,7 +34,7 @@ constexpr double kSoftCut = 40.0;
 constexpr double kDeadWeight = 1e-3;
 // Ridge on the M-step normal matrix, relative to its mean diagonal.
 constexpr double kRelativeRidge = 1e-6;
-// SPEC.md: stop once the MSE increases by less than this.
+// docs/TRAINING.md "Keep and stop": stop once the MSE increases by less than this.
 constexpr double kStopIncrease = 1e-5;
 
 uint64_t mix_seed(uint64_t x) {

@@ -1,5 +1,5 @@
-// EM training of one key head's residual stages (SPEC.md, "Training the key
-// codebook"). Samples are normalized pre-RoPE keys t_n in the canonical pair
+// EM training of one key head's residual stages (docs/METHOD.md "Training",
+// docs/TRAINING.md). Samples are normalized pre-RoPE keys t_n in the canonical pair
 // layout; their scales s_n only weight the reported MSE, which is measured
 // in the keys' own units: mean over samples and elements of (s_n (t_n - c))^2.
 #pragma once

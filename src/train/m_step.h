@@ -1,4 +1,4 @@
-// The closed-form M-step of the key codebook's EM (SPEC.md): given the soft
+// The closed-form M-step of the key codebook's EM (docs/METHOD.md): given the soft
 // weight n_c of every center c = (A, B) and the weighted sum S_c = sum_n
 // w_nc t_n, find the sub-centers z_a minimizing
 //

@@ -1,4 +1,4 @@
-// Training of one layer's value codebook (SPEC.md "Values"): the encoder
+// Training of one layer's value codebook (docs/METHOD.md "Values"): the encoder
 // (LayerNorm -> Linear D->I -> GELU -> Linear I->4n) and the additive binary
 // codebook E [2n][D], jointly, by AdamW on MSE(v_hat, v)/2. The discrete
 // choice of each group's option uses a straight-through estimator: the

@@ -1,5 +1,5 @@
 // The key encoder's decomposed search against a brute-force float64 search
-// over all C*C materialized centers (SPEC.md "Keys").
+// over all C*C materialized centers (docs/METHOD.md "Keys").
 #include <doctest/doctest.h>
 
 #include <cmath>

@@ -17,7 +17,7 @@ using namespace commvq;
 
 namespace {
 
-// Pair j of a head vector in the model's layout, as SPEC.md "RoPE pairs"
+// Pair j of a head vector in the model's layout, as docs/METHOD.md "RoPE pairs"
 // defines it: rotate-half (x[j], x[j+P]), interleaved (x[2j], x[2j+1]).
 void pair_of(const float* x, uint32_t d, int32_t layout, uint32_t j, double& re, double& im) {
     if (layout == COMMVQ_PAIRS_ROTATE_HALF) {

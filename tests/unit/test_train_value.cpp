@@ -124,7 +124,7 @@ TEST_CASE("train: value training lowers the reconstruction error, deterministica
         last += losses[losses.size() - 1 - k];
     }
     CHECK(last < first);
-    // The lambda of SPEC.md: mean |v| per channel, fixed.
+    // The lambda of docs/METHOD.md: mean |v| per channel, fixed.
     double mean_abs = 0;
     for (size_t t = 0; t < n; ++t) mean_abs += std::fabs(v[t * D + 3]);
     CHECK(one.lambda[3] == doctest::Approx(mean_abs / n).epsilon(1e-5));

@@ -1,5 +1,5 @@
 // The value encoder and decoder against a float64 reference written here
-// from SPEC.md "Values".
+// from docs/METHOD.md "Values".
 #include <doctest/doctest.h>
 
 #include <cmath>

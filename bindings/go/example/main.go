@@ -11,7 +11,7 @@ import (
 	"fmt"
 	"os"
 
-	"commvq"
+	commvq "commvq.org/libcommvq/bindings/go"
 )
 
 func main() {

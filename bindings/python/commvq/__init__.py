@@ -6,8 +6,9 @@
         cache.append(layer, seq, k, v)          # [n, n_kv_heads, head_dim]
         out, lse = cache.attend(layer, seq, q)  # q [n, n_q_heads, head_dim]
 
-The library is found through load_library(path), $COMMVQ_LIBRARY, or the
-system's search path, in that order (docs/BINDINGS.md).
+The library is found through load_library(path), $COMMVQ_LIBRARY, the copy
+bundled in the installed wheel, or the system's search path, in that order
+(docs/BINDINGS.md).
 """
 
 from ._api import (ATTEND_CAUSAL, ATTEND_NON_CAUSAL, DEVICE_CPU, DTYPE_BF16, DTYPE_F16, DTYPE_F32,
@@ -15,28 +16,30 @@ from ._api import (ATTEND_CAUSAL, ATTEND_NON_CAUSAL, DEVICE_CPU, DTYPE_BF16, DTY
                    ERR_INTERNAL, ERR_INVALID_ARGUMENT, ERR_INVALID_STATE, ERR_IO, ERR_NOT_SUPPORTED,
                    ERR_OUT_OF_MEMORY, ERR_OUT_OF_RANGE, ERR_SHAPE_MISMATCH, KEYS_POST_ROPE, KEYS_PRE_ROPE, OK,
                    PAIRS_INTERLEAVED, PAIRS_ROTATE_HALF, ROPE_SCALING_LINEAR, ROPE_SCALING_LLAMA3,
-                   ROPE_SCALING_NONE, SCALE_HEAD, SCALE_TOKEN, VERSION_MAJOR, LoadError, library, load_library)
+                   ROPE_SCALING_NONE, SCALE_HEAD, SCALE_TOKEN, VERSION_MAJOR, LoadError, library, library_path,
+                   load_library)
+from . import _ranges
 from .cache import Cache
 from .codebook import Codebook
 from .errors import CommvqError
 
 
-def version():
+def version() -> str:
     """The loaded library's version string."""
     return library().commvq_version_string().decode()
 
 
-def version_number():
+def version_number() -> int:
     return library().commvq_version_number()
 
 
-def status_string(status):
-    return library().commvq_status_string(status).decode()
+def status_string(status: int) -> str:
+    return library().commvq_status_string(_ranges.int32("status", status)).decode()
 
 
-def cuda_available():
+def cuda_available() -> bool:
     return bool(library().commvq_cuda_available())
 
 
-def device_count():
+def device_count() -> int:
     return library().commvq_device_count()

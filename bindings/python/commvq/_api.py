@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
+from typing import Optional
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_float, c_int32, c_size_t,
                     c_uint16, c_uint32, c_uint64, c_void_p)
 
@@ -211,15 +212,29 @@ class LoadError(OSError):
     """The library could not be loaded, lacks a symbol, or has another major version."""
 
 
-_library = None
+_library: Optional[ctypes.CDLL] = None
 _library_lock = threading.Lock()
 
+# Where an installed wheel keeps its copy of the library (see pyproject.toml);
+# a source checkout on sys.path has none there.
+BUNDLED_LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libcommvq.so")
 
-def _default_path():
-    return os.environ.get("COMMVQ_LIBRARY") or ctypes.util.find_library("commvq") or "libcommvq.so.0"
+
+def _default_path() -> str:
+    """$COMMVQ_LIBRARY, else the wheel's own copy, else the installed library.
+
+    The bundled copy comes before the system's search path so that a wheel
+    keeps working, unchanged, beside any other libcommvq on the machine.
+    """
+    explicit = os.environ.get("COMMVQ_LIBRARY")
+    if explicit:
+        return explicit
+    if os.path.exists(BUNDLED_LIBRARY):
+        return BUNDLED_LIBRARY
+    return ctypes.util.find_library("commvq") or "libcommvq.so.0"
 
 
-def open_library(path):
+def open_library(path: str) -> ctypes.CDLL:
     """Loads libcommvq from `path` and declares its functions, without making
     it the package's library (load_library does that).
 
@@ -244,12 +259,13 @@ def open_library(path):
     return lib
 
 
-def load_library(path=None):
+def load_library(path: Optional[str] = None) -> ctypes.CDLL:
     """Loads libcommvq once per process and returns the ctypes handle.
 
-    `path` (or $COMMVQ_LIBRARY) names the file; otherwise the system's search
-    path is used (ldconfig, LD_LIBRARY_PATH). Later calls return the already
-    loaded library; asking for a different file then is an error.
+    `path` (or $COMMVQ_LIBRARY) names the file; otherwise the copy bundled in
+    the installed wheel is used, and without one the system's search path
+    (ldconfig, LD_LIBRARY_PATH). Later calls return the already loaded
+    library; asking for a different file then is an error.
     """
     global _library
     with _library_lock:
@@ -261,6 +277,11 @@ def load_library(path=None):
         return _library
 
 
-def library():
+def library() -> ctypes.CDLL:
     """The loaded library, loading it from the default place on first use."""
     return _library if _library is not None else load_library()
+
+
+def library_path() -> str:
+    """The file the library was loaded from (as given to dlopen)."""
+    return library()._name

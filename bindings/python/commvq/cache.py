@@ -2,11 +2,12 @@
 
 import ctypes
 import os
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from . import _api
-from .codebook import _as_dict, _set_field
+from . import _api, _ranges
+from .codebook import ArrayLike, Codebook, PathLike, _as_dict, _set_field
 from .errors import check
 
 # NumPy has no bfloat16: BF16 tensors travel as their raw uint16 bits.
@@ -26,7 +27,7 @@ class Cache:
     A cache must not be used by two threads at once.
     """
 
-    def __init__(self, codebook, **params):
+    def __init__(self, codebook: Codebook, **params: Any) -> None:
         self._lib = _api.library()
         p = _api.CacheParams()
         self._lib.commvq_cache_params_init(ctypes.byref(p))
@@ -43,62 +44,72 @@ class Cache:
         self.dtype = np.dtype(_IO_DTYPES[p.io_dtype])
 
     # ---- tokens ------------------------------------------------------------
-    def append(self, layer, seq, k, v):
+    def append(self, layer: int, seq: int, k: ArrayLike, v: ArrayLike) -> None:
         """Appends tokens to one layer of a sequence: k, v [n_tokens, n_kv_heads, head_dim]."""
+        layer, seq = _ranges.uint32("layer", layer), _ranges.uint32("seq", seq)
         k = self._tokens(k, self.n_kv_heads, "k")
         v = self._tokens(v, self.n_kv_heads, "v")
         if k.shape != v.shape:
             raise ValueError(f"k and v differ in shape: {k.shape} and {v.shape}")
-        check(self._lib.commvq_cache_append(self._live(), layer, seq, k.shape[0], k.ctypes.data, v.ctypes.data))
+        n = _ranges.uint32("n_tokens", k.shape[0])
+        check(self._lib.commvq_cache_append(self._live(), layer, seq, n, k.ctypes.data, v.ctypes.data))
 
-    def attend(self, layer, seq, q, causal=True, out=None, lse=None):
+    def attend(self, layer: int, seq: int, q: ArrayLike, causal: bool = True, out: Optional[np.ndarray] = None,
+               lse: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """Attention of post-RoPE queries q [n_queries, n_q_heads, head_dim].
 
         Returns (out, lse): out in q's layout and the cache's io dtype, lse
         float32 [n_queries, n_q_heads]. Pass out= / lse= to write into
         existing contiguous arrays instead.
         """
+        layer, seq = _ranges.uint32("layer", layer), _ranges.uint32("seq", seq)
         q = self._tokens(q, self.n_q_heads, "q")
-        out, lse = self._outputs(q.shape[0], out, lse)
-        check(self._lib.commvq_cache_attend(self._live(), layer, seq, q.shape[0], q.ctypes.data, out.ctypes.data,
+        n = _ranges.uint32("n_queries", q.shape[0])
+        out, lse = self._outputs(n, out, lse)
+        check(self._lib.commvq_cache_attend(self._live(), layer, seq, n, q.ctypes.data, out.ctypes.data,
                                             lse.ctypes.data_as(_FLOAT_P), self._flags(causal)))
         return out, lse
 
-    def attend_batch(self, layer, seq_ids, q, causal=True, out=None, lse=None):
+    def attend_batch(self, layer: int, seq_ids: ArrayLike, q: ArrayLike, causal: bool = True,
+                     out: Optional[np.ndarray] = None,
+                     lse: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """One decode query per sequence: q [len(seq_ids), n_q_heads, head_dim]."""
-        seq_ids = np.ascontiguousarray(seq_ids, dtype=np.uint32)
+        layer = _ranges.uint32("layer", layer)
+        seq_ids = _ranges.uint32_array("seq_ids", seq_ids)
         q = self._tokens(q, self.n_q_heads, "q")
         if seq_ids.ndim != 1 or seq_ids.shape[0] != q.shape[0]:
             raise ValueError(f"need one query per sequence: {seq_ids.shape[0]} ids, {q.shape[0]} queries")
-        out, lse = self._outputs(q.shape[0], out, lse)
-        check(self._lib.commvq_cache_attend_batch(self._live(), layer, seq_ids.shape[0],
+        n = _ranges.uint32("n_seqs", seq_ids.shape[0])
+        out, lse = self._outputs(n, out, lse)
+        check(self._lib.commvq_cache_attend_batch(self._live(), layer, n,
                                                   seq_ids.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
                                                   q.ctypes.data, out.ctypes.data, lse.ctypes.data_as(_FLOAT_P),
                                                   self._flags(causal)))
         return out, lse
 
     # ---- sequences -----------------------------------------------------------
-    def seq_length(self, seq):
+    def seq_length(self, seq: int) -> int:
         length = ctypes.c_uint64()
-        check(self._lib.commvq_cache_seq_length(self._live(), seq, ctypes.byref(length)))
+        check(self._lib.commvq_cache_seq_length(self._live(), _ranges.uint32("seq", seq), ctypes.byref(length)))
         return length.value
 
-    def seq_clear(self, seq):
-        check(self._lib.commvq_cache_seq_clear(self._live(), seq))
+    def seq_clear(self, seq: int) -> None:
+        check(self._lib.commvq_cache_seq_clear(self._live(), _ranges.uint32("seq", seq)))
 
-    def seq_truncate(self, seq, new_length):
-        check(self._lib.commvq_cache_seq_truncate(self._live(), seq, new_length))
+    def seq_truncate(self, seq: int, new_length: int) -> None:
+        check(self._lib.commvq_cache_seq_truncate(self._live(), _ranges.uint32("seq", seq),
+                                                  _ranges.uint64("new_length", new_length)))
 
-    def seq_fork(self, src, dst):
-        check(self._lib.commvq_cache_seq_fork(self._live(), src, dst))
+    def seq_fork(self, src: int, dst: int) -> None:
+        check(self._lib.commvq_cache_seq_fork(self._live(), _ranges.uint32("src", src), _ranges.uint32("dst", dst)))
 
-    def seq_save(self, seq, path):
-        check(self._lib.commvq_cache_seq_save(self._live(), seq, os.fsencode(path)))
+    def seq_save(self, seq: int, path: PathLike) -> None:
+        check(self._lib.commvq_cache_seq_save(self._live(), _ranges.uint32("seq", seq), os.fsencode(path)))
 
-    def seq_load(self, seq, path):
-        check(self._lib.commvq_cache_seq_load(self._live(), seq, os.fsencode(path)))
+    def seq_load(self, seq: int, path: PathLike) -> None:
+        check(self._lib.commvq_cache_seq_load(self._live(), _ranges.uint32("seq", seq), os.fsencode(path)))
 
-    def stats(self):
+    def stats(self) -> Dict[str, Any]:
         """commvq_cache_stats_t as a dict."""
         stats = _api.CacheStats()
         self._lib.commvq_cache_stats_init(ctypes.byref(stats))
@@ -106,36 +117,37 @@ class Cache:
         return _as_dict(stats)
 
     # ---- GPU ---------------------------------------------------------------------
-    def set_stream(self, cuda_stream):
+    def set_stream(self, cuda_stream: int) -> None:
         """cuda_stream: a cudaStream_t as an int (e.g. torch.cuda.Stream().cuda_stream)."""
-        check(self._lib.commvq_cache_set_stream(self._live(), cuda_stream))
+        stream = _ranges.integer("cuda_stream", cuda_stream, ctypes.c_void_p)
+        check(self._lib.commvq_cache_set_stream(self._live(), stream))
 
-    def synchronize(self):
+    def synchronize(self) -> None:
         check(self._lib.commvq_cache_synchronize(self._live()))
 
     # ---- ownership -----------------------------------------------------------------
-    def close(self):
+    def close(self) -> None:
         """Destroys the cache; later calls raise ValueError. Closing twice is fine."""
         handle, self._handle = getattr(self, "_handle", None), None
         if handle:
             self._lib.commvq_cache_destroy(handle)
 
-    def __enter__(self):
+    def __enter__(self) -> "Cache":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         self.close()
 
     # ---- helpers -----------------------------------------------------------------
-    def _live(self):
+    def _live(self) -> "_api.CachePtr":
         if not self._handle:
             raise ValueError("the cache is closed")
         return self._handle
 
-    def _tokens(self, x, heads, name):
+    def _tokens(self, x: ArrayLike, heads: int, name: str) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=self.dtype)
         want = (heads, self.head_dim)
         if x.ndim == 2 and x.shape[1] == heads * self.head_dim:
@@ -144,7 +156,8 @@ class Cache:
             raise ValueError(f"{name} must be [n, {heads}, {self.head_dim}], got {list(x.shape)}")
         return x
 
-    def _outputs(self, n, out, lse):
+    def _outputs(self, n: int, out: Optional[np.ndarray],
+                 lse: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
         out_shape, lse_shape = (n, self.n_q_heads, self.head_dim), (n, self.n_q_heads)
         if out is None:
             out = np.empty(out_shape, dtype=self.dtype)
@@ -157,5 +170,5 @@ class Cache:
         return out, lse
 
     @staticmethod
-    def _flags(causal):
+    def _flags(causal: bool) -> int:
         return _api.ATTEND_CAUSAL if causal else _api.ATTEND_NON_CAUSAL

@@ -10,14 +10,14 @@ class CommvqError(Exception):
     status_name: e.g. "COMMVQ_ERR_CAPACITY", message: commvq_last_error().
     """
 
-    def __init__(self, status, status_name, message):
+    def __init__(self, status: int, status_name: str, message: str) -> None:
         super().__init__(f"{status_name}: {message}")
         self.status = status
         self.status_name = status_name
         self.message = message
 
 
-def check(status):
+def check(status: int) -> None:
     """Raises CommvqError for a nonzero status.
 
     Must run right after the failed call, on the same thread: the message is

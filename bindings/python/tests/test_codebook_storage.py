@@ -36,6 +36,8 @@ def expect_error(status, call):
 def main(codebook_path, scratch):
     os.makedirs(scratch, exist_ok=True)
     f32, f16, f16_again = (os.path.join(scratch, n) for n in ("f32.safetensors", "f16.safetensors", "f16b.safetensors"))
+    if os.path.exists(f16_again):  # from an earlier run: the refused save below must not find it
+        os.remove(f16_again)
     with commvq.Codebook.load(codebook_path) as cb:
         cb.save(f32)
         cb.save(f16, storage="f16")
