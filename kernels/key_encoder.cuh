@@ -1,5 +1,5 @@
 // Key encoding on the GPU: greedy residual search with the decomposition of
-// SPEC.md, so the C*C centers are never formed:
+// docs/METHOD.md, so the C*C centers are never formed:
 //   ||t - c_{A,B}||^2 = ||t||^2 + alpha_A + beta_B + gamma_{A,B}
 // One block takes kTokens tokens of one KV head through all R stages. Per
 // stage the head's sub-centers (transposed, so a lane reads two sub-centers

@@ -5,7 +5,7 @@
 //      the 2C vectors z_a and i z_b (commutative step) or the C*C explicit
 //      centers (the random start);
 //   2. one block per sample forms the C*C squared distances from those
-//      products (SPEC.md's decomposition ||t||^2 + alpha_A + beta_B +
+//      products (docs/METHOD.md's decomposition ||t||^2 + alpha_A + beta_B +
 //      gamma_AB, as the CPU trainer does), finds the hard assignment, its
 //      exact error, and writes the soft weights softmax(-e / T) of the
 //      sample as one row of W [m][C*C];

@@ -1,4 +1,4 @@
-// Value encoding on the GPU (SPEC.md "Values"): per-channel scale and norm
+// Value encoding on the GPU (docs/METHOD.md, "Values"): per-channel scale and norm
 // with LayerNorm in one kernel, the two linear layers and the codeword sum
 // y = bits @ E as cuBLAS products, GELU, and argmax-to-bits in small kernels.
 // Scratch (floats, n tokens): x [n][D] (later y), hidden [n][max(I, 2n)]
