@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What runs on the GPU machine (docs/PERF.md, docs/GPU.md): build for sm_90,
 # the gpu-labelled tests, optionally compute-sanitizer, then the benchmark.
-#   [BENCH_ARGS="decode encode prompt"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train]
-# (TEST_TIMEOUT, BENCH_TIMEOUT, SANITIZE_TIMEOUT and SANITIZE_TOOLS bound each step.)
+#   [BENCH_ARGS="decode full encode prompt"] [TEST_CASES="gpu: *"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train] [ncu]
+# (TEST_TIMEOUT, BENCH_TIMEOUT, SANITIZE_TIMEOUT, NCU_TIMEOUT and SANITIZE_TOOLS bound each step;
+# ncu reads the attention kernel's counters at 1 bit, B=1, 128K.)
 # Logs go to $OUT when set, else build-gpu/logs.
 set -uo pipefail
 OUTDIR=${OUT:-build-gpu/logs}
