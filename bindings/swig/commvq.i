@@ -34,11 +34,21 @@
  * COMMVQ_ERR_IO -> ERR_IO; structs get class names (fields are renamed per
  * language). */
 %rename("%(regex:/^(commvq|COMMVQ)_(.*)/\\2/)s") "";
+#if defined(SWIGJAVA)
+/* Java: the structs are package-private; the public CacheParams, CodebookInfo,
+ * ... (bindings/java) are plain Java classes copied to and from them. */
+%rename(NativeRopeInfo) commvq_rope_info;
+%rename(NativeCodebookInfo) commvq_codebook_info;
+%rename(NativeCacheParams) commvq_cache_params;
+%rename(NativeCacheStats) commvq_cache_stats;
+%rename(NativeTrainParams) commvq_train_params;
+#else
 %rename(RopeInfo) commvq_rope_info;
 %rename(CodebookInfo) commvq_codebook_info;
 %rename(CacheParams) commvq_cache_params;
 %rename(CacheStats) commvq_cache_stats;
 %rename(TrainParams) commvq_train_params;
+#endif
 
 /* A progress callback cannot be a plain value in Java or C#; training from
  * these bindings runs without one. The same for the two pointers the struct
