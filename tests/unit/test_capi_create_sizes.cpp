@@ -10,6 +10,14 @@
 
 using namespace commvq::test;
 
+#if defined(__SANITIZE_ADDRESS__)
+#define COMMVQ_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define COMMVQ_TEST_ASAN 1
+#endif
+#endif
+
 namespace {
 
 void check_refused(commvq_codebook_t* cb, const commvq_cache_params_t& p, const char* field, const std::string& value) {
@@ -25,7 +33,7 @@ void check_refused(commvq_codebook_t* cb, const commvq_cache_params_t& p, const 
 }  // namespace
 
 TEST_CASE("C API errors: cache_create out of memory names the function and the sizes") {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(COMMVQ_TEST_ASAN)
     // AddressSanitizer aborts on allocations beyond its limit instead of throwing std::bad_alloc.
     return;
 #endif
