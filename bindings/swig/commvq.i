@@ -1,27 +1,21 @@
-/* One SWIG interface over include/commvq/commvq.h for Java and C#.
+/* The SWIG interface of the Java binding over include/commvq/commvq.h.
  *
  * The header is %included as it is: no declaration is repeated here. What
- * this file adds is how C types cross into each language (typemaps), in one
- * place per concern:
+ * this file adds is how C types cross into Java (typemaps), in one place per
+ * concern:
  *  - commvq_status_t results become void methods that throw CommvqException
  *    (status + commvq_last_error()) through the hand-written check helper;
- *  - opaque handles cross as plain integers (Java long, C# IntPtr) that the
- *    owning classes (Codebook, Cache) hold; `T** out` parameters become a
- *    one-element array (Java) or an out parameter (C#);
- *  - buffers cross without copies: direct java.nio buffers in Java, IntPtr in
- *    C# (the owning classes pin arrays for float[] overloads);
+ *  - opaque handles cross as Java longs that the owning classes (Codebook,
+ *    Cache) hold; `T** out` parameters become a one-element array;
+ *  - buffers cross without copies, as direct java.nio buffers;
  *  - parameter structs get a constructor that runs their *_init() function.
- * Language specifics live in commvq_java.i and commvq_csharp.i. */
+ * Java specifics live in commvq_java.i. (C# uses no SWIG: bindings/csharp
+ * declares the C API itself, checked by bindings/tools/check_declarations.py.) */
 
 /* The raw calls land in a non-public class CommvqNative; the public API is
- * the owning classes (bindings/java, bindings/csharp) and the constants
- * (Java: CommvqNativeConstants, which Commvq implements; C#: the class
- * Constants from commvq_constants.i). */
-#if defined(SWIGJAVA)
+ * the hand-written classes of bindings/java (Codebook, Cache, CacheParams,
+ * Commvq's constants, ...). */
 %module(package="org.commvq") CommvqNative
-#else
-%module CommvqNative
-#endif
 
 %{
 #include <stdlib.h>
@@ -34,13 +28,15 @@
  * COMMVQ_ERR_IO -> ERR_IO; structs get class names (fields are renamed per
  * language). */
 %rename("%(regex:/^(commvq|COMMVQ)_(.*)/\\2/)s") "";
-%rename(RopeInfo) commvq_rope_info;
-%rename(CodebookInfo) commvq_codebook_info;
-%rename(CacheParams) commvq_cache_params;
-%rename(CacheStats) commvq_cache_stats;
-%rename(TrainParams) commvq_train_params;
+/* The structs are package-private; the public CacheParams, CodebookInfo,
+ * ... (bindings/java) are plain Java classes copied to and from them. */
+%rename(NativeRopeInfo) commvq_rope_info;
+%rename(NativeCodebookInfo) commvq_codebook_info;
+%rename(NativeCacheParams) commvq_cache_params;
+%rename(NativeCacheStats) commvq_cache_stats;
+%rename(NativeTrainParams) commvq_train_params;
 
-/* A progress callback cannot be a plain value in Java or C#; training from
+/* A progress callback cannot be a plain value in Java; training from
  * these bindings runs without one. The same for the two pointers the struct
  * would hold across the call (a managed string or array could move or be
  * collected meanwhile): these bindings train with no model name and no value
@@ -65,11 +61,7 @@ COMMVQ_INIT_CONSTRUCTOR(commvq_cache_params, commvq_cache_params_t, commvq_cache
 COMMVQ_INIT_CONSTRUCTOR(commvq_cache_stats, commvq_cache_stats_t, commvq_cache_stats_init)
 COMMVQ_INIT_CONSTRUCTOR(commvq_train_params, commvq_train_params_t, commvq_train_params_init)
 
-#if defined(SWIGJAVA)
 %include "commvq_java.i"
-#elif defined(SWIGCSHARP)
-%include "commvq_csharp.i"
-#endif
 
 /* For SWIG's own parser only: COMMVQ_API expands to nothing. */
 #define COMMVQ_STATIC_DEFINE

@@ -8,6 +8,9 @@
 /* The generated classes are the raw C API; users see Codebook, Cache,
  * CommvqException and the constants (Commvq extends the constants interface). */
 %pragma(java) moduleclassmodifiers="final class"
+/* The struct proxies (NativeCacheParams, ...) are package-private too, so
+ * their delete(), finalize() and struct_size accessors are not public API. */
+%typemap(javaclassmodifiers) SWIGTYPE "final class"
 %pragma(java) jniclassclassmodifiers="final class"
 %pragma(java) jniclasscode=%{
   static {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the dlopen loaders' hand-copied declarations against commvq.h.
 
-The loaders (bindings/python, bindings/rust, bindings/go, bindings/csharp-native)
+The loaders (bindings/python, bindings/rust, bindings/go, bindings/csharp)
 resolve the library's functions at run time, so the compiler never compares
 their declarations with the header. This script does: every function of the
 header must be declared by every loader with the same parameter names (where
@@ -231,7 +231,7 @@ def cs_type(t):
 
 
 def check_csharp(report, header):
-    text = open(os.path.join(BINDINGS, "csharp-native", "Native.cs")).read()
+    text = open(os.path.join(BINDINGS, "csharp", "Native.cs")).read()
     functions = {}
     for ret, name, params in re.findall(r"public delegate (\S+) (commvq_\w+)\(([^)]*)\);", text):
         if name == "commvq_progress_fn":
@@ -255,7 +255,7 @@ def check_csharp(report, header):
             return c_type.endswith("**")
         return c_type == cs
 
-    compare_all(report, "csharp-native", header, functions, structs, constants, same_type)
+    compare_all(report, "csharp", header, functions, structs, constants, same_type)
 
 
 CHECKS = (check_python, check_rust, check_go, check_csharp)
@@ -278,7 +278,7 @@ def self_test(header_text):
         raise SystemExit("self-test: could not change the header")
     _, report = run(changed)
     ok = True
-    for binding in ("python", "rust", "go", "csharp-native"):
+    for binding in ("python", "rust", "go", "csharp"):
         found = [e for e in report.errors if e.startswith(binding + ":")]
         for needle in ("commvq_cache_append parameter n_tokens", "lacks commvq_new_function"):
             if not any(needle in e for e in found):
@@ -300,7 +300,7 @@ def main():
         print(f"{len(report.errors)} declarations disagree with {args.header}")
         return 1
     print(f"{len(header.functions)} functions, {len(header.structs)} structs and {len(header.constants)} "
-          f"constants agree in python, rust, go and csharp-native")
+          f"constants agree in python, rust, go and csharp")
     if args.self_test:
         if not self_test(header_text):
             return 1

@@ -1,12 +1,36 @@
 // The cache functions of the C API: argument checks that need the C view
 // (NULL pointers, struct sizes), then the cache (cache.h).
 #include <memory>
+#include <new>
+#include <stdexcept>
+#include <string>
 
 #include "cache.h"
 #include "guard.h"
 
 using commvq::capi::guard;
 using commvq::capi::require_arg;
+
+namespace {
+
+// What commvq_cache_create could not allocate: the sizes that decide the
+// memory it takes at create time (a wrapped negative number from a binding
+// shows up here as a value near 2^32).
+std::string create_failure_message(const char* fn, const commvq_codebook_t* cb, const commvq_cache_params_t& p) {
+    commvq_codebook_info_t info;
+    commvq_codebook_info_init(&info);
+    commvq_codebook_get_info(cb, &info);
+    const unsigned long long uncompressed =
+        static_cast<unsigned long long>(p.max_seqs) * (static_cast<unsigned long long>(p.window) + p.sink_tokens);
+    return std::string(fn) + ": out of host memory for max_seqs " + std::to_string(p.max_seqs) + ", window " +
+           std::to_string(p.window) + ", sink_tokens " + std::to_string(p.sink_tokens) + ", max_tokens " +
+           std::to_string(p.max_tokens) + ", block_tokens " + std::to_string(p.block_tokens) + " (" +
+           std::to_string(uncompressed) + " uncompressed tokens per layer = max_seqs x (window + sink_tokens); n_layers " +
+           std::to_string(info.n_layers) + ", n_kv_heads " + std::to_string(info.n_kv_heads) + ", head_dim " +
+           std::to_string(info.head_dim) + ")";
+}
+
+}  // namespace
 
 extern "C" {
 
@@ -36,8 +60,14 @@ COMMVQ_API commvq_status_t commvq_cache_create(const commvq_codebook_t* cb,
         commvq_cache_params_t defaults;
         commvq_cache_params_init(&defaults);
         const commvq_cache_params_t p = commvq::capi::read_params(params, defaults, fn, "params");
-        auto cache = std::make_unique<commvq_cache>(cb->cb, p);
-        *out = cache.release();
+        try {
+            auto cache = std::make_unique<commvq_cache>(cb->cb, p);
+            *out = cache.release();
+        } catch (const std::bad_alloc&) {
+            throw commvq::Error(COMMVQ_ERR_OUT_OF_MEMORY, create_failure_message(fn, cb, p));
+        } catch (const std::length_error&) {
+            throw commvq::Error(COMMVQ_ERR_OUT_OF_MEMORY, create_failure_message(fn, cb, p));
+        }
     });
 }
 

@@ -1,11 +1,9 @@
 // The bindings' golden test (tests/data/golden/golden.txt describes it).
-// The SWIG binding. Usage: mono GoldenTest.exe GOLDEN_DIR SCRATCH_DIR
-// (libcommvq_csharp.so beside the assembly or on LD_LIBRARY_PATH).
+// Usage: COMMVQ_LIBRARY=... mono GoldenTest.exe GOLDEN_DIR SCRATCH_DIR
 using System;
 using System.Collections.Generic;
 using System.Globalization;
 using System.IO;
-using System.Runtime.InteropServices;
 using Commvq;
 
 static class GoldenTest
@@ -58,7 +56,7 @@ static class GoldenTest
             throw new Exception("check failed: " + what);
     }
 
-    static void ExpectError(int status, string fragment, Action call)
+    static void ExpectError(Library lib, int status, string fragment, Action call)
     {
         try
         {
@@ -66,14 +64,14 @@ static class GoldenTest
         }
         catch (CommvqException e)
         {
-            Require(e.Status == status, "got " + e.StatusName + ", want " + Library.StatusString(status));
-            Require(e.StatusName == Library.StatusString(status), "status name " + e.StatusName);
+            Require(e.Status == status, "got " + e.StatusName + ", want " + lib.StatusString(status));
+            Require(e.StatusName == lib.StatusString(status), "status name " + e.StatusName);
             Require(e.LibraryMessage.Length > 0 && e.LibraryMessage.Contains(fragment),
                     "message \"" + e.LibraryMessage + "\" mentions \"" + fragment + "\"");
             Console.WriteLine(e.Message);
             return;
         }
-        throw new Exception("no error, want " + Library.StatusString(status));
+        throw new Exception("no error, want " + lib.StatusString(status));
     }
 
     static int Main(string[] args)
@@ -95,24 +93,23 @@ static class GoldenTest
         float[] wantOut = ReadFloats(Path.Combine(dir, m["out"]), qo);
         float[] wantLse = ReadFloats(Path.Combine(dir, m["lse"]), nQueries * (int)qHeads);
 
-        Require(Library.VersionNumber / 10000 == Constants.VERSION_MAJOR, "major version");
-        Console.WriteLine("libcommvq " + Library.Version);
+        Library lib = Library.Open();
+        Require(lib.VersionNumber / 10000 == Constants.COMMVQ_VERSION_MAJOR, "major version");
+        Console.WriteLine("libcommvq " + lib.Version + " from " + lib.Path);
 
         Cache cache;
-        using (Codebook cb = Codebook.Load(Path.Combine(dir, m["codebook"])))
+        using (Codebook cb = Codebook.Load(lib, Path.Combine(dir, m["codebook"])))
         {
-            CodebookInfo info = cb.Info();
-            Require(info.NLayers == integer("n_layers") && info.NKvHeads == kvHeads && info.NQHeads == qHeads &&
-                    info.HeadDim == headDim, "codebook shape agrees with golden.txt");
-            using (var p = new CacheParams())
-            {
-                p.MaxSeqs = integer("max_seqs");
-                p.MaxTokens = integer("max_tokens");
-                p.BlockTokens = integer("block_tokens");
-                p.Window = integer("window");
-                p.NThreads = integer("n_threads");
-                cache = new Cache(cb, p);
-            }
+            commvq_codebook_info_t info = cb.Info();
+            Require(info.n_layers == integer("n_layers") && info.n_kv_heads == kvHeads && info.n_q_heads == qHeads &&
+                    info.head_dim == headDim, "codebook shape agrees with golden.txt");
+            commvq_cache_params_t p = lib.DefaultCacheParams();
+            p.max_seqs = integer("max_seqs");
+            p.max_tokens = integer("max_tokens");
+            p.block_tokens = integer("block_tokens");
+            p.window = integer("window");
+            p.n_threads = integer("n_threads");
+            cache = new Cache(cb, p);
         }
         using (cache)
         {
@@ -123,46 +120,30 @@ static class GoldenTest
             var lse = new float[nQueries * qHeads];
             for (int i = 0; i < got.Length; i++)
                 got[i] = float.NaN;
-            cache.Attend(layer, seq, queries, got, lse, Constants.ATTEND_CAUSAL);
-
-            // The IntPtr overload on memory the caller owns gives the same.
-            var native = new float[qo];
-            IntPtr q = Marshal.AllocHGlobal(4 * qo), o = Marshal.AllocHGlobal(4 * qo);
-            try
-            {
-                Marshal.Copy(queries, 0, q, qo);
-                cache.Attend(layer, seq, (uint)nQueries, q, o, IntPtr.Zero, Constants.ATTEND_CAUSAL);
-                Marshal.Copy(o, native, 0, qo);
-            }
-            finally
-            {
-                Marshal.FreeHGlobal(q);
-                Marshal.FreeHGlobal(o);
-            }
+            cache.Attend(layer, seq, queries, got, lse, Constants.COMMVQ_ATTEND_CAUSAL);
 
             double atol = double.Parse(m["atol"], CultureInfo.InvariantCulture);
             double rtol = double.Parse(m["rtol"], CultureInfo.InvariantCulture);
-            int bad = Mismatches("out", got, wantOut, atol, rtol) + Mismatches("lse", lse, wantLse, atol, rtol) +
-                      Mismatches("out (IntPtr)", native, wantOut, atol, rtol);
+            int bad = Mismatches("out", got, wantOut, atol, rtol) + Mismatches("lse", lse, wantLse, atol, rtol);
             if (bad > 0)
             {
                 Console.WriteLine("golden mismatch: " + bad + " values differ");
                 return 1;
             }
 
-            ExpectError(Constants.ERR_OUT_OF_RANGE, "layer",
-                        () => cache.Attend(integer("n_layers"), seq, queries, got, null, Constants.ATTEND_CAUSAL));
+            ExpectError(lib, Constants.COMMVQ_ERR_OUT_OF_RANGE, "layer",
+                        () => cache.Attend(integer("n_layers"), seq, queries, got, null, Constants.COMMVQ_ATTEND_CAUSAL));
             int extra = (int)(integer("overflow_tokens") * kvHeads * headDim);
             float[] moreKeys = new float[extra], moreValues = new float[extra];
             Array.Copy(keys, moreKeys, extra);
             Array.Copy(values, moreValues, extra);
-            ExpectError(Constants.ERR_CAPACITY, "", () => cache.Append(layer, seq, moreKeys, moreValues));
+            ExpectError(lib, Constants.COMMVQ_ERR_CAPACITY, "", () => cache.Append(layer, seq, moreKeys, moreValues));
             Require(cache.SeqLength(seq) == (ulong)nTokens, "a failed append changes nothing");
             string missing = Path.Combine(scratch, "no-such-codebook.safetensors");
-            ExpectError(Constants.ERR_IO, missing, () => Codebook.Load(missing).Dispose());
+            ExpectError(lib, Constants.COMMVQ_ERR_IO, missing, () => Codebook.Load(lib, missing).Dispose());
 
             bool refused = false;
-            try { cache.Attend(layer, seq, queries, new float[1], null, Constants.ATTEND_CAUSAL); }
+            try { cache.Attend(layer, seq, queries, new float[1], null, Constants.COMMVQ_ATTEND_CAUSAL); }
             catch (ArgumentException) { refused = true; }
             Require(refused, "a short output buffer is refused");
         }
@@ -171,6 +152,30 @@ static class GoldenTest
         try { cache.SeqLength(0); }
         catch (ObjectDisposedException) { closed = true; }
         Require(closed, "a disposed cache refuses calls");
+        bool missingLibrary = false;
+        try { Library.Open(Path.Combine(scratch, "libnothing.so")); }
+        catch (LoadException) { missingLibrary = true; }
+        Require(missingLibrary, "a missing library is a LoadException");
+        // Wrong libraries are refused at load time, with the reason.
+        foreach (var check in new[] { new[] { "COMMVQ_STUB_PARTIAL", "lacks the symbol commvq_" },
+                                      new[] { "COMMVQ_STUB_OTHER_MAJOR", "needs major version" } })
+        {
+            string stub = Environment.GetEnvironmentVariable(check[0]);
+            if (string.IsNullOrEmpty(stub))
+            {
+                Console.WriteLine(check[0] + " not set: that check is skipped");
+                continue;
+            }
+            bool refused = false;
+            try { Library.Open(stub); }
+            catch (LoadException e)
+            {
+                Require(e.Message.Contains(check[1]), e.Message + " says \"" + check[1] + "\"");
+                Console.WriteLine(e.Message);
+                refused = true;
+            }
+            Require(refused, stub + " is refused");
+        }
 
         Console.WriteLine("golden test passed");
         return 0;

@@ -117,14 +117,14 @@ public final class GoldenTest {
     Cache cache;
     try (Codebook codebook = Codebook.load(dir.resolve(text("codebook")).toString())) {
       CodebookInfo info = codebook.info();
-      check(info.getNLayers() == integer("n_layers") && info.getNKvHeads() == kvHeads
-          && info.getNQHeads() == qHeads && info.getHeadDim() == headDim, "codebook shape agrees with golden.txt");
-      CacheParams params = new CacheParams();
-      params.setMaxSeqs(integer("max_seqs"));
-      params.setMaxTokens(integer("max_tokens"));
-      params.setBlockTokens(integer("block_tokens"));
-      params.setWindow(integer("window"));
-      params.setNThreads(integer("n_threads"));
+      check(info.nLayers() == integer("n_layers") && info.nKvHeads() == kvHeads
+          && info.nQHeads() == qHeads && info.headDim() == headDim, "codebook shape agrees with golden.txt");
+      CacheParams params = new CacheParams()
+          .maxSeqs(integer("max_seqs"))
+          .maxTokens(integer("max_tokens"))
+          .blockTokens(integer("block_tokens"))
+          .window(integer("window"))
+          .nThreads(integer("n_threads"));
       cache = new Cache(codebook, params);
     }
     try (Cache c = cache) {

@@ -6,8 +6,7 @@
 //!
 //! LIBRARY defaults to $COMMVQ_LIBRARY, then libcommvq.so.0 on the loader's path.
 
-use commvq::sys::COMMVQ_ATTEND_CAUSAL;
-use commvq::{Cache, Codebook, Library};
+use commvq::{AttendFlags, Cache, Codebook, Library};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -22,9 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let codebook = Codebook::load(&lib, &args[1])?;
     let info = codebook.info()?;
-    let mut params = lib.cache_params();
-    params.max_tokens = 4096;
-    params.window = 16;
+    let params = lib.cache_params().max_tokens(4096).window(16);
     let mut cache = Cache::new(&codebook, &params)?;
 
     // Stand-in activations; an engine passes its own k, v and q buffers.
@@ -39,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut lse = vec![0f32; info.n_q_heads as usize];
     for layer in 0..info.n_layers {
         cache.append(layer, 0, &k, &v)?;
-        cache.attend(layer, 0, &q, &mut out, Some(&mut lse), COMMVQ_ATTEND_CAUSAL)?;
+        cache.attend(layer, 0, &q, &mut out, Some(&mut lse), AttendFlags::CAUSAL)?;
         println!("layer {layer}: out[0] = {:.6}, lse[0] = {:.6}", out[0], lse[0]);
     }
     let stats = cache.stats()?;

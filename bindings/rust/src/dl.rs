@@ -3,6 +3,8 @@
 
 use std::ffi::{c_void, CStr, CString};
 use std::os::raw::{c_char, c_int};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use crate::Error;
 
@@ -19,7 +21,7 @@ const RTLD_NOW: c_int = 2;
 /// A dlopen handle, closed when dropped.
 pub(crate) struct DynamicLibrary {
     handle: *mut c_void,
-    pub(crate) name: String,
+    pub(crate) path: PathBuf,
 }
 
 // The handle is only passed to dlsym and dlclose, both thread-safe.
@@ -41,14 +43,15 @@ fn last_dl_error() -> String {
 impl DynamicLibrary {
     /// Opens `name`: a path, or a bare file name looked up on the loader's
     /// search path (LD_LIBRARY_PATH, the ld.so cache, /usr/lib...).
-    pub(crate) fn open(name: &str) -> Result<DynamicLibrary, Error> {
-        let c_name = CString::new(name).map_err(|_| Error::Load(format!("{name:?}: NUL in path")))?;
+    pub(crate) fn open(path: &Path) -> Result<DynamicLibrary, Error> {
+        let c_name = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| Error::Load(format!("{}: NUL in path", path.display())))?;
         // SAFETY: c_name is NUL-terminated.
         let handle = unsafe { dlopen(c_name.as_ptr(), RTLD_NOW) };
         if handle.is_null() {
             return Err(Error::Load(last_dl_error()));
         }
-        Ok(DynamicLibrary { handle, name: name.to_string() })
+        Ok(DynamicLibrary { handle, path: path.to_path_buf() })
     }
 
     pub(crate) fn symbol(&self, symbol: &str) -> Result<*mut c_void, Error> {
@@ -56,7 +59,7 @@ impl DynamicLibrary {
         // SAFETY: handle is open; c_symbol is NUL-terminated.
         let address = unsafe { dlsym(self.handle, c_symbol.as_ptr()) };
         if address.is_null() {
-            return Err(Error::MissingSymbol { library: self.name.clone(), symbol: symbol.to_string() });
+            return Err(Error::MissingSymbol { library: self.path.clone(), symbol: symbol.to_string() });
         }
         Ok(address)
     }

@@ -1,34 +1,46 @@
 //! libcommvq from Rust, loaded at run time.
 //!
 //! ```no_run
-//! use commvq::{Cache, Codebook, Library};
+//! use commvq::{AttendFlags, Cache, Codebook, DType, Library};
 //! let lib = Library::open_default()?;                      // $COMMVQ_LIBRARY or libcommvq.so.0
 //! let codebook = Codebook::load(&lib, "model.cvq.safetensors")?;
-//! let mut params = lib.cache_params();                     // the library's defaults
-//! params.window = 128;
+//! let params = lib.cache_params().window(128).max_tokens(1 << 16).io_dtype(DType::F32);
 //! let mut cache = Cache::new(&codebook, &params)?;
 //! # let (k, v, q) = (vec![0f32; 0], vec![0f32; 0], vec![0f32; 0]);
 //! cache.append(0, 0, &k, &v)?;                             // [n][n_kv_heads][head_dim]
 //! let mut out = vec![0f32; q.len()];
-//! cache.attend(0, 0, &q, &mut out, None, commvq::sys::COMMVQ_ATTEND_CAUSAL)?;
+//! cache.attend(0, 0, &q, &mut out, None, AttendFlags::CAUSAL)?;
 //! # Ok::<(), commvq::Error>(())
 //! ```
 //!
 //! The library is checked against the major version this crate was written
 //! for and every symbol is resolved when it is opened. `Codebook` and `Cache`
-//! free their handle exactly once, in `Drop`; both are `Send` but not `Sync`
-//! (one handle must not be used by two threads at once).
+//! free their handle exactly once, in `Drop`. A `Codebook` is `Send + Sync`:
+//! the C API lets several threads read one codebook at once (nothing that
+//! takes a `const commvq_codebook_t*` changes it, docs/API.md), and every
+//! method here takes `&self`. A `Cache` is `Send` but not `Sync`: one cache
+//! must not be used by two threads at once.
 
 mod dl;
 mod error;
+mod params;
 pub mod sys;
+mod types;
 
 use std::ffi::{c_void, CStr, CString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
 pub use error::Error;
+pub use params::{CacheParams, TrainParams};
+pub use types::{AttendFlags, DType, Device, KeyConvention, PairLayout, ScaleMode, Status};
+
+/// What a codebook describes (`commvq_codebook_info_t`).
+pub type CodebookInfo = sys::commvq_codebook_info_t;
+/// A cache's occupancy (`commvq_cache_stats_t`).
+pub type CacheStats = sys::commvq_cache_stats_t;
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -41,7 +53,7 @@ pub struct Library {
 impl Library {
     /// Loads libcommvq from `path` (a file, or a name for the loader's search path).
     pub fn open(path: impl AsRef<Path>) -> Result<Arc<Library>> {
-        let name = path.as_ref().to_string_lossy().into_owned();
+        let name = path.as_ref().to_path_buf();
         let dl = dl::DynamicLibrary::open(&name)?;
         // The version symbol first: a library of another major may lack others.
         let version_number: unsafe extern "C" fn() -> u32 =
@@ -69,8 +81,8 @@ impl Library {
     }
 
     /// Where the library was loaded from, as given to `open`.
-    pub fn name(&self) -> &str {
-        &self.dl.name
+    pub fn path(&self) -> &Path {
+        &self.dl.path
     }
 
     pub fn version_number(&self) -> u32 {
@@ -81,6 +93,7 @@ impl Library {
         unsafe { CStr::from_ptr((self.api.commvq_version_string)()) }.to_string_lossy().into_owned()
     }
 
+    /// The name of a status code, e.g. "COMMVQ_ERR_CAPACITY".
     pub fn status_string(&self, status: sys::commvq_status_t) -> String {
         unsafe { CStr::from_ptr((self.api.commvq_status_string)(status)) }.to_string_lossy().into_owned()
     }
@@ -93,15 +106,15 @@ impl Library {
         unsafe { (self.api.commvq_device_count)() }
     }
 
-    /// commvq_cache_params_t filled with the library's defaults.
-    pub fn cache_params(&self) -> sys::commvq_cache_params_t {
+    /// Cache settings at the library's defaults; setters chain.
+    pub fn cache_params(&self) -> CacheParams {
         let mut params = sys::commvq_cache_params_t::default();
         unsafe { (self.api.commvq_cache_params_init)(&mut params) };
-        params
+        CacheParams::from_defaults(params)
     }
 
-    /// commvq_train_params_t filled with the library's defaults.
-    pub fn train_params(&self) -> sys::commvq_train_params_t {
+    /// Training settings at the library's defaults; setters chain.
+    pub fn train_params(&self) -> TrainParams {
         let mut params = sys::commvq_train_params_t {
             struct_size: 0,
             value_bits: 0,
@@ -126,7 +139,7 @@ impl Library {
             value_weights: ptr::null(),
         };
         unsafe { (self.api.commvq_train_params_init)(&mut params) };
-        params
+        TrainParams::from_defaults(params)
     }
 
     /// Turns a status into a Result; must run right after the failed call,
@@ -136,12 +149,14 @@ impl Library {
             return Ok(());
         }
         let message = unsafe { CStr::from_ptr((self.api.commvq_last_error)()) }.to_string_lossy().into_owned();
-        Err(Error::Status { status, name: self.status_string(status), message })
+        Err(Error::Status { status: Status::from_code(status), name: self.status_string(status), message })
     }
 }
 
+/// A path as the C API takes it: its bytes as they are (no UTF-8 round trip).
 fn c_path(path: &Path) -> Result<CString> {
-    CString::new(path.to_string_lossy().as_bytes()).map_err(|_| Error::InvalidArgument(format!("{path:?}: NUL in path")))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::InvalidArgument(format!("{}: NUL in path", path.display())))
 }
 
 /// A codebook: the quantization tables of one model.
@@ -150,8 +165,13 @@ pub struct Codebook {
     raw: NonNull<sys::commvq_codebook_t>,
 }
 
-// The library allows a handle on any thread, one thread at a time.
+// SAFETY: the library allows a handle on any thread (docs/API.md, threads),
+// and a codebook handle may be read by several threads at once: every
+// method of Codebook takes &self and calls a function that takes a
+// `const commvq_codebook_t*`, which does not change it. Drop frees it with
+// exclusive access. The Library it holds is Send + Sync.
 unsafe impl Send for Codebook {}
+unsafe impl Sync for Codebook {}
 
 impl Codebook {
     pub fn load(lib: &Arc<Library>, path: impl AsRef<Path>) -> Result<Codebook> {
@@ -172,7 +192,7 @@ impl Codebook {
 
     /// Trains a codebook from pre-RoPE keys and values,
     /// each [n_layers][n_tokens][n_kv_heads][head_dim].
-    pub fn train(lib: &Arc<Library>, params: &sys::commvq_train_params_t, n_layers: u32, n_kv_heads: u32,
+    pub fn train(lib: &Arc<Library>, params: &TrainParams, n_layers: u32, n_kv_heads: u32,
                  head_dim: u32, keys: &[f32], values: &[f32]) -> Result<Codebook> {
         let per_token = n_layers as usize * n_kv_heads as usize * head_dim as usize;
         if per_token == 0 || keys.len() % per_token != 0 || keys.len() != values.len() {
@@ -180,9 +200,16 @@ impl Codebook {
                 "keys ({}) and values ({}) must hold n_tokens x {per_token} floats", keys.len(), values.len())));
         }
         let n_tokens = (keys.len() / per_token) as u64;
+        if let Some(len) = params.weights_len() {
+            if len as u64 != n_layers as u64 * n_tokens {
+                return Err(Error::InvalidArgument(format!(
+                    "value_weights has {len} elements, needs n_layers x n_tokens = {}", n_layers as u64 * n_tokens)));
+            }
+        }
+        let raw_params = params.raw(); // points into params, which outlives the call
         let mut raw = ptr::null_mut();
         lib.check(unsafe {
-            (lib.api.commvq_train)(params, n_layers, n_kv_heads, head_dim, n_tokens, keys.as_ptr(),
+            (lib.api.commvq_train)(&raw_params, n_layers, n_kv_heads, head_dim, n_tokens, keys.as_ptr(),
                                    values.as_ptr(), &mut raw)
         })?;
         Ok(Codebook::own(lib, raw))
@@ -197,16 +224,18 @@ impl Codebook {
         self.lib.check(unsafe { (self.lib.api.commvq_codebook_save)(self.raw.as_ptr(), path.as_ptr()) })
     }
 
-    /// Writes the codebook file with a storage dtype: `sys::COMMVQ_DTYPE_F32`
-    /// (as `save`), `_F16` or `_BF16` (key sub-centers and value matrices
-    /// rounded to that type, about half the file; the file's fingerprint is
-    /// then that of the rounded values).
-    pub fn save_as(&self, path: impl AsRef<Path>, dtype: i32) -> Result<()> {
+    /// Writes the codebook file with a storage dtype: `DType::F32` (as
+    /// `save`), `F16` or `BF16` (key sub-centers and value matrices rounded
+    /// to that type, about half the file; the file's fingerprint is then
+    /// that of the rounded values).
+    pub fn save_as(&self, path: impl AsRef<Path>, dtype: DType) -> Result<()> {
         let path = c_path(path.as_ref())?;
-        self.lib.check(unsafe { (self.lib.api.commvq_codebook_save_as)(self.raw.as_ptr(), path.as_ptr(), dtype) })
+        self.lib.check(unsafe {
+            (self.lib.api.commvq_codebook_save_as)(self.raw.as_ptr(), path.as_ptr(), dtype.code())
+        })
     }
 
-    pub fn info(&self) -> Result<sys::commvq_codebook_info_t> {
+    pub fn info(&self) -> Result<CodebookInfo> {
         let mut info = sys::commvq_codebook_info_t::default();
         unsafe { (self.lib.api.commvq_codebook_info_init)(&mut info) };
         self.lib.check(unsafe { (self.lib.api.commvq_codebook_get_info)(self.raw.as_ptr(), &mut info) })?;
@@ -227,18 +256,18 @@ impl Drop for Codebook {
 /// Element types the cache's io dtype can have: f32 for F32, u16 (the raw
 /// bits) for F16 and BF16.
 pub trait IoElement: Copy {
-    fn matches(io_dtype: i32) -> bool;
+    fn matches(io_dtype: DType) -> bool;
 }
 
 impl IoElement for f32 {
-    fn matches(io_dtype: i32) -> bool {
-        io_dtype == sys::COMMVQ_DTYPE_F32
+    fn matches(io_dtype: DType) -> bool {
+        io_dtype == DType::F32
     }
 }
 
 impl IoElement for u16 {
-    fn matches(io_dtype: i32) -> bool {
-        io_dtype == sys::COMMVQ_DTYPE_F16 || io_dtype == sys::COMMVQ_DTYPE_BF16
+    fn matches(io_dtype: DType) -> bool {
+        io_dtype == DType::F16 || io_dtype == DType::BF16
     }
 }
 
@@ -246,16 +275,21 @@ impl IoElement for u16 {
 pub struct Cache {
     lib: Arc<Library>,
     raw: NonNull<sys::commvq_cache_t>,
-    io_dtype: i32,
+    io_dtype: DType,
     kv_row: usize, // elements of one token's keys: n_kv_heads * head_dim
     q_row: usize,  // elements of one query: n_q_heads * head_dim
     n_q_heads: usize,
 }
 
+// SAFETY: the library allows a cache handle on any thread, one thread at a
+// time; not Sync, since the C API does not allow two threads on one cache.
 unsafe impl Send for Cache {}
 
 impl Cache {
-    pub fn new(codebook: &Codebook, params: &sys::commvq_cache_params_t) -> Result<Cache> {
+    pub fn new(codebook: &Codebook, params: &CacheParams) -> Result<Cache> {
+        let io_dtype = params.get_io_dtype()
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown io_dtype {}", params.raw().io_dtype)))?;
+        let params = params.raw();
         let info = codebook.info()?;
         let lib = &codebook.lib;
         let mut raw = ptr::null_mut();
@@ -263,7 +297,7 @@ impl Cache {
         Ok(Cache {
             lib: Arc::clone(lib),
             raw: NonNull::new(raw).expect("a successful call returns a handle"),
-            io_dtype: params.io_dtype,
+            io_dtype,
             kv_row: info.n_kv_heads as usize * info.head_dim as usize,
             q_row: info.n_q_heads as usize * info.head_dim as usize,
             n_q_heads: info.n_q_heads as usize,
@@ -272,7 +306,7 @@ impl Cache {
 
     fn rows<T: IoElement>(&self, data: &[T], row: usize, what: &str) -> Result<u32> {
         if !T::matches(self.io_dtype) {
-            return Err(Error::InvalidArgument(format!("{what}: element type does not match io_dtype {}",
+            return Err(Error::InvalidArgument(format!("{what}: element type does not match io_dtype {:?}",
                                                       self.io_dtype)));
         }
         if data.len() % row != 0 {
@@ -311,7 +345,8 @@ impl Cache {
     /// Attention of post-RoPE queries q [n][n_q_heads][head_dim]; out has q's
     /// layout, lse (optional) is [n][n_q_heads].
     pub fn attend<T: IoElement>(&mut self, layer: u32, seq: u32, q: &[T], out: &mut [T],
-                                lse: Option<&mut [f32]>, flags: u32) -> Result<()> {
+                                lse: Option<&mut [f32]>, flags: AttendFlags) -> Result<()> {
+        let flags = flags.bits();
         let n = self.rows(q, self.q_row, "q")?;
         self.outputs(n, out, &lse)?;
         let lse = lse.map_or(ptr::null_mut(), |l| l.as_mut_ptr());
@@ -323,7 +358,8 @@ impl Cache {
 
     /// One decode query per sequence: q [seq_ids.len()][n_q_heads][head_dim].
     pub fn attend_batch<T: IoElement>(&mut self, layer: u32, seq_ids: &[u32], q: &[T], out: &mut [T],
-                                      lse: Option<&mut [f32]>, flags: u32) -> Result<()> {
+                                      lse: Option<&mut [f32]>, flags: AttendFlags) -> Result<()> {
+        let flags = flags.bits();
         let n = self.rows(q, self.q_row, "q")?;
         if n as usize != seq_ids.len() {
             return Err(Error::InvalidArgument(format!("{} sequences, {n} queries", seq_ids.len())));
@@ -365,7 +401,12 @@ impl Cache {
         self.lib.check(unsafe { (self.lib.api.commvq_cache_seq_load)(self.raw.as_ptr(), seq, path.as_ptr()) })
     }
 
-    pub fn stats(&self) -> Result<sys::commvq_cache_stats_t> {
+    /// The cache's io dtype.
+    pub fn io_dtype(&self) -> DType {
+        self.io_dtype
+    }
+
+    pub fn stats(&self) -> Result<CacheStats> {
         let mut stats = sys::commvq_cache_stats_t::default();
         unsafe { (self.lib.api.commvq_cache_stats_init)(&mut stats) };
         self.lib.check(unsafe { (self.lib.api.commvq_cache_get_stats)(self.raw.as_ptr(), &mut stats) })?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use commvq::sys::*;
-use commvq::{Cache, Codebook, Error, Library};
+use commvq::{AttendFlags, Cache, Codebook, Error, Library, Status};
 
 struct Golden {
     dir: PathBuf,
@@ -45,7 +45,7 @@ impl Golden {
 fn expect_error<T>(result: commvq::Result<T>, want: i32, fragment: &str, lib: &Library) {
     match result {
         Err(Error::Status { status, name, message }) => {
-            assert_eq!(status, want, "got {name}, want {}", lib.status_string(want));
+            assert_eq!(status, Status::from_code(want), "got {name}, want {}", lib.status_string(want));
             assert_eq!(name, lib.status_string(want));
             assert!(!message.is_empty() && message.contains(fragment), "message {message:?} lacks {fragment:?}");
             println!("{name}: {message}");
@@ -85,18 +85,18 @@ fn main() -> ExitCode {
 
     let lib = Library::open_default().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(lib.version_number() / 10000, COMMVQ_VERSION_MAJOR);
-    println!("libcommvq {} from {}", lib.version(), lib.name());
+    println!("libcommvq {} from {}", lib.version(), lib.path().display());
 
     let codebook = Codebook::load(&lib, dir.join(g.text("codebook"))).unwrap_or_else(|e| panic!("{e}"));
     let info = codebook.info().unwrap();
     assert_eq!((info.n_layers, info.n_kv_heads, info.n_q_heads, info.head_dim),
                (g.int("n_layers"), kv_heads, q_heads, head_dim));
-    let mut params = lib.cache_params();
-    params.max_seqs = g.int("max_seqs");
-    params.max_tokens = g.int("max_tokens") as u64;
-    params.block_tokens = g.int("block_tokens");
-    params.window = g.int("window");
-    params.n_threads = g.int("n_threads");
+    let params = lib.cache_params()
+        .max_seqs(g.int("max_seqs"))
+        .max_tokens(g.int("max_tokens") as u64)
+        .block_tokens(g.int("block_tokens"))
+        .window(g.int("window"))
+        .n_threads(g.int("n_threads"));
     let mut cache = Cache::new(&codebook, &params).unwrap_or_else(|e| panic!("{e}"));
     drop(codebook); // the cache keeps what it needs
 
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     assert_eq!(cache.seq_length(seq).unwrap(), n_tokens as u64);
     let mut out = vec![f32::NAN; qo];
     let mut lse = vec![f32::NAN; n_queries * q_heads as usize];
-    cache.attend(layer, seq, &queries, &mut out, Some(&mut lse), COMMVQ_ATTEND_CAUSAL)
+    cache.attend(layer, seq, &queries, &mut out, Some(&mut lse), AttendFlags::CAUSAL)
         .unwrap_or_else(|e| panic!("{e}"));
 
     let atol: f64 = g.text("atol").parse().unwrap();
@@ -117,16 +117,16 @@ fn main() -> ExitCode {
     }
 
     let n_layers = g.int("n_layers");
-    expect_error(cache.attend(n_layers, seq, &queries, &mut out, None, COMMVQ_ATTEND_CAUSAL),
+    expect_error(cache.attend(n_layers, seq, &queries, &mut out, None, AttendFlags::CAUSAL),
                  COMMVQ_ERR_OUT_OF_RANGE, "layer", &lib);
     let extra = g.int("overflow_tokens") as usize * (kv_heads * head_dim) as usize;
     expect_error(cache.append(layer, seq, &keys[..extra], &values[..extra]), COMMVQ_ERR_CAPACITY, "", &lib);
     assert_eq!(cache.seq_length(seq).unwrap(), n_tokens as u64, "a failed append changed the sequence");
     let missing = scratch.join("no-such-codebook.safetensors");
-    expect_error(Codebook::load(&lib, &missing), COMMVQ_ERR_IO, &missing.to_string_lossy(), &lib);
+    expect_error(Codebook::load(&lib, &missing), COMMVQ_ERR_IO, &missing.display().to_string(), &lib);
 
     // Checked before the call: a buffer of the wrong length never reaches C.
-    let short = cache.attend(layer, seq, &queries, &mut out[..1], None, COMMVQ_ATTEND_CAUSAL);
+    let short = cache.attend(layer, seq, &queries, &mut out[..1], None, AttendFlags::CAUSAL);
     assert!(matches!(short, Err(Error::InvalidArgument(_))));
     // A missing library is reported by dlopen, not a crash.
     assert!(matches!(Library::open(scratch.join("libnothing.so")), Err(Error::Load(_))));

@@ -17,7 +17,7 @@ import java.nio.IntBuffer;
  */
 public final class Cache implements AutoCloseable {
   private final NativeHandle handle;
-  private final int ioDtype;
+  private final DType ioDtype;
   private final int elementBytes;
   private final int kvRow;    // elements of one token's keys: nKvHeads * headDim
   private final int qRow;     // elements of one query: nQHeads * headDim
@@ -26,13 +26,18 @@ public final class Cache implements AutoCloseable {
   public Cache(Codebook codebook, CacheParams params) {
     CodebookInfo info = codebook.info();
     long[] out = new long[1];
-    codebook.handle.run(h -> CommvqNative.cache_create(h, params, out));
+    NativeCacheParams p = params.toNative();
+    try {
+      codebook.handle.run(h -> CommvqNative.cache_create(h, p, out));
+    } finally {
+      p.delete();
+    }
     handle = new NativeHandle(out[0], CommvqNative::cache_destroy, "cache");
-    ioDtype = params.getIoDtype();
-    elementBytes = ioDtype == Commvq.DTYPE_F32 ? 4 : 2;
-    kvRow = (int) (info.getNKvHeads() * info.getHeadDim());
-    qRow = (int) (info.getNQHeads() * info.getHeadDim());
-    nQHeads = (int) info.getNQHeads();
+    ioDtype = params.ioDtype();
+    elementBytes = ioDtype.bytes();
+    kvRow = (int) (info.nKvHeads() * info.headDim());
+    qRow = (int) (info.nQHeads() * info.headDim());
+    nQHeads = (int) info.nQHeads();
   }
 
   private static long rows(long elements, int row, String name) {
@@ -49,7 +54,7 @@ public final class Cache implements AutoCloseable {
   }
 
   private void requireFloat() {
-    if (ioDtype != Commvq.DTYPE_F32) {
+    if (ioDtype != DType.F32) {
       throw new IllegalArgumentException("float data needs io dtype F32; this cache has " + ioDtype);
     }
   }
@@ -87,7 +92,7 @@ public final class Cache implements AutoCloseable {
    * Attention of post-RoPE queries q [n][nQHeads][headDim] into out (q's
    * layout); lse [n][nQHeads] may be null. flags: Commvq.ATTEND_*.
    */
-  public void attend(int layer, int seq, FloatBuffer q, FloatBuffer out, FloatBuffer lse, long flags) {
+  public void attend(int layer, int seq, FloatBuffer q, FloatBuffer out, FloatBuffer lse, int flags) {
     requireFloat();
     long n = rows(q.remaining(), qRow, "q");
     expect(out.remaining(), n * qRow, "out");
@@ -95,23 +100,23 @@ public final class Cache implements AutoCloseable {
   }
 
   /** attend() of raw bytes in the cache's io dtype; lse stays float. */
-  public void attend(int layer, int seq, ByteBuffer q, ByteBuffer out, FloatBuffer lse, long flags) {
+  public void attend(int layer, int seq, ByteBuffer q, ByteBuffer out, FloatBuffer lse, int flags) {
     long n = rows(q.remaining(), qRow * elementBytes, "q (bytes)");
     expect(out.remaining(), n * qRow * elementBytes, "out (bytes)");
     attendChecked(layer, seq, n, q, out, lse, flags);
   }
 
-  private void attendChecked(int layer, int seq, long n, Buffer q, Buffer out, FloatBuffer lse, long flags) {
+  private void attendChecked(int layer, int seq, long n, Buffer q, Buffer out, FloatBuffer lse, int flags) {
     if (lse != null) {
       expect(lse.remaining(), n * nQHeads, "lse");
     }
     Buffer lseSlice = lse == null ? null : Buffers.direct(lse, "lse");
     handle.run(h -> CommvqNative.cache_attend(h, unsigned(layer), unsigned(seq), n, Buffers.direct(q, "q"),
-        Buffers.direct(out, "out"), lseSlice, flags));
+        Buffers.direct(out, "out"), lseSlice, Integer.toUnsignedLong(flags)));
   }
 
   /** attend() from arrays; out and lse (may be null) receive the results. */
-  public void attend(int layer, int seq, float[] q, float[] out, float[] lse, long flags) {
+  public void attend(int layer, int seq, float[] q, float[] out, float[] lse, int flags) {
     FloatBuffer outBuffer = Buffers.allocateFloats(out.length);
     FloatBuffer lseBuffer = lse == null ? null : Buffers.allocateFloats(lse.length);
     attend(layer, seq, Buffers.copy(q), outBuffer, lseBuffer, flags);
@@ -122,7 +127,7 @@ public final class Cache implements AutoCloseable {
   }
 
   /** One decode query per sequence: q [seqIds.remaining()][nQHeads][headDim]. */
-  public void attendBatch(int layer, IntBuffer seqIds, FloatBuffer q, FloatBuffer out, FloatBuffer lse, long flags) {
+  public void attendBatch(int layer, IntBuffer seqIds, FloatBuffer q, FloatBuffer out, FloatBuffer lse, int flags) {
     requireFloat();
     long n = rows(q.remaining(), qRow, "q");
     expect(seqIds.remaining(), n, "seqIds");
@@ -132,7 +137,7 @@ public final class Cache implements AutoCloseable {
     }
     Buffer lseSlice = lse == null ? null : Buffers.direct(lse, "lse");
     handle.run(h -> CommvqNative.cache_attend_batch(h, unsigned(layer), n, Buffers.direct(seqIds, "seqIds"),
-        Buffers.direct(q, "q"), Buffers.direct(out, "out"), lseSlice, flags));
+        Buffers.direct(q, "q"), Buffers.direct(out, "out"), lseSlice, Integer.toUnsignedLong(flags)));
   }
 
   // ---- sequences -----------------------------------------------------------
@@ -159,14 +164,31 @@ public final class Cache implements AutoCloseable {
     handle.run(h -> CommvqNative.cache_seq_save(h, unsigned(seq), path));
   }
 
+  public void seqSave(int seq, java.nio.file.Path path) {
+    seqSave(seq, path.toString());
+  }
+
   public void seqLoad(int seq, String path) {
     handle.run(h -> CommvqNative.cache_seq_load(h, unsigned(seq), path));
   }
 
+  public void seqLoad(int seq, java.nio.file.Path path) {
+    seqLoad(seq, path.toString());
+  }
+
   public CacheStats stats() {
-    CacheStats stats = new CacheStats();
-    handle.run(h -> CommvqNative.cache_get_stats(h, stats));
-    return stats;
+    NativeCacheStats stats = new NativeCacheStats();
+    try {
+      handle.run(h -> CommvqNative.cache_get_stats(h, stats));
+      return new CacheStats(stats);
+    } finally {
+      stats.delete();
+    }
+  }
+
+  /** The io dtype the cache was made with. */
+  public DType ioDtype() {
+    return ioDtype;
   }
 
   // ---- GPU -----------------------------------------------------------------

@@ -2,6 +2,7 @@ package org.commvq;
 
 import java.nio.ByteBuffer;
 import java.nio.FloatBuffer;
+import java.nio.file.Path;
 
 /**
  * The quantization tables of one model; owns a commvq_codebook_t, freed by
@@ -20,6 +21,10 @@ public final class Codebook implements AutoCloseable {
     long[] out = new long[1];
     CommvqNative.codebook_load(path, out);
     return new Codebook(out[0]);
+  }
+
+  public static Codebook load(Path path) {
+    return load(path.toString());
   }
 
   /** A codebook from the bytes of a codebook file (copied). */
@@ -43,8 +48,13 @@ public final class Codebook implements AutoCloseable {
     }
     long nTokens = keys.remaining() / perToken;
     long[] out = new long[1];
-    CommvqNative.train(params, nLayers, nKvHeads, headDim, nTokens, Buffers.direct(keys, "keys"),
-        Buffers.direct(values, "values"), out);
+    NativeTrainParams p = params.toNative();
+    try {
+      CommvqNative.train(p, nLayers, nKvHeads, headDim, nTokens, Buffers.direct(keys, "keys"),
+          Buffers.direct(values, "values"), out);
+    } finally {
+      p.delete();
+    }
     return new Codebook(out[0]);
   }
 
@@ -59,19 +69,31 @@ public final class Codebook implements AutoCloseable {
   }
 
   /**
-   * Writes the codebook file with a storage dtype: Commvq.DTYPE_F32 (as
-   * save(path)), DTYPE_F16 or DTYPE_BF16, which round the key sub-centers and
+   * Writes the codebook file with a storage dtype: DType.F32 (as
+   * save(path)), F16 or BF16, which round the key sub-centers and
    * value matrices to that type (about half the file; the file's fingerprint
    * is then that of the rounded values).
    */
-  public void save(String path, int dtype) {
-    handle.run(h -> CommvqNative.codebook_save_as(h, path, dtype));
+  public void save(String path, DType dtype) {
+    handle.run(h -> CommvqNative.codebook_save_as(h, path, dtype.code()));
+  }
+
+  public void save(Path path) {
+    save(path.toString());
+  }
+
+  public void save(Path path, DType dtype) {
+    save(path.toString(), dtype);
   }
 
   public CodebookInfo info() {
-    CodebookInfo info = new CodebookInfo();
-    handle.run(h -> CommvqNative.codebook_get_info(h, info));
-    return info;
+    NativeCodebookInfo info = new NativeCodebookInfo();
+    try {
+      handle.run(h -> CommvqNative.codebook_get_info(h, info));
+      return new CodebookInfo(info);
+    } finally {
+      info.delete();
+    }
   }
 
   /** Frees the codebook; later calls throw IllegalStateException. Closing twice is fine. */

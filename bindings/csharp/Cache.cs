@@ -1,6 +1,7 @@
 using System;
+using System.Runtime.InteropServices;
 
-namespace Commvq.Loader
+namespace Commvq
 {
     /// <summary>
     /// A compressed KV cache. Array overloads pin the arrays for the call
@@ -43,24 +44,32 @@ namespace Commvq.Loader
         }
 
         /// <summary>Appends tokens to one layer of a sequence: k, v [n][n_kv_heads][head_dim].</summary>
-        public void Append(uint layer, uint seq, float[] k, float[] v)
+        public void Append(uint layer, uint seq, float[] k, float[] v) =>
+            Append(layer, seq, (ReadOnlySpan<float>)k, (ReadOnlySpan<float>)v);
+
+        /// <summary>Append for F16 or BF16 io, as raw bits.</summary>
+        public void Append(uint layer, uint seq, ushort[] k, ushort[] v) =>
+            Append(layer, seq, (ReadOnlySpan<ushort>)k, (ReadOnlySpan<ushort>)v);
+
+        /// <summary>Append from spans (arrays, stackalloc, native memory): no copy.</summary>
+        public void Append(uint layer, uint seq, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
         {
             CheckDtype(false);
             uint n = Rows(k.Length, kvRow, "k");
             if (v.Length != k.Length)
                 throw new ArgumentException("k has " + k.Length + " elements, v " + v.Length);
-            fixed (float* pk = k, pv = v)
+            fixed (float* pk = &MemoryMarshal.GetReference(k), pv = &MemoryMarshal.GetReference(v))
                 Append(layer, seq, n, pk, pv);
         }
 
-        /// <summary>Append for F16 or BF16 io, as raw bits.</summary>
-        public void Append(uint layer, uint seq, ushort[] k, ushort[] v)
+        /// <summary>Append of F16 or BF16 bits from spans.</summary>
+        public void Append(uint layer, uint seq, ReadOnlySpan<ushort> k, ReadOnlySpan<ushort> v)
         {
             CheckDtype(true);
             uint n = Rows(k.Length, kvRow, "k");
             if (v.Length != k.Length)
                 throw new ArgumentException("k has " + k.Length + " elements, v " + v.Length);
-            fixed (ushort* pk = k, pv = v)
+            fixed (ushort* pk = &MemoryMarshal.GetReference(k), pv = &MemoryMarshal.GetReference(v))
                 Append(layer, seq, n, pk, pv);
         }
 
@@ -71,17 +80,20 @@ namespace Commvq.Loader
                 library.Check(library.Api.commvq_cache_append(lease.Pointer, layer, seq, nTokens, k, v));
         }
 
-        void CheckOutputs(uint n, int outLength, float[] lse)
+        void CheckOutputs(uint n, int outLength, int lseLength, bool hasLse)
         {
             if (outLength != n * qRow)
                 throw new ArgumentException("out has " + outLength + " elements, needs " + n * qRow);
-            if (lse != null && lse.Length != n * nQHeads)
-                throw new ArgumentException("lse has " + lse.Length + " elements, needs " + n * nQHeads);
+            if (hasLse && lseLength != n * nQHeads)
+                throw new ArgumentException("lse has " + lseLength + " elements, needs " + n * nQHeads);
         }
+
+        void CheckOutputs(uint n, int outLength, float[] lse) =>
+            CheckOutputs(n, outLength, lse == null ? 0 : lse.Length, lse != null);
 
         /// <summary>
         /// Attention of post-RoPE queries q [n][n_q_heads][head_dim] into out
-        /// (q's layout); lse [n][n_q_heads] may be null.
+        /// (q's layout); lse [n][n_q_heads] may be null. flags: Constants.COMMVQ_ATTEND_*.
         /// </summary>
         public void Attend(uint layer, uint seq, float[] q, float[] @out, float[] lse, uint flags)
         {
@@ -101,6 +113,31 @@ namespace Commvq.Loader
             fixed (ushort* pq = q, po = @out)
             fixed (float* pl = lse)
                 Attend(layer, seq, n, pq, po, pl, flags);
+        }
+
+        /// <summary>
+        /// Attend on spans, no copy; an empty lse (default) asks for no lse,
+        /// any other must hold [n][n_q_heads].
+        /// </summary>
+        public void Attend(uint layer, uint seq, ReadOnlySpan<float> q, Span<float> @out, Span<float> lse, uint flags)
+        {
+            CheckDtype(false);
+            uint n = Rows(q.Length, qRow, "q");
+            CheckOutputs(n, @out.Length, lse.Length, !lse.IsEmpty);
+            fixed (float* pq = &MemoryMarshal.GetReference(q), po = &MemoryMarshal.GetReference(@out))
+            fixed (float* pl = &MemoryMarshal.GetReference(lse))
+                Attend(layer, seq, n, pq, po, lse.IsEmpty ? null : pl, flags);
+        }
+
+        /// <summary>Attend of F16 or BF16 bits on spans; lse stays float (empty: none).</summary>
+        public void Attend(uint layer, uint seq, ReadOnlySpan<ushort> q, Span<ushort> @out, Span<float> lse, uint flags)
+        {
+            CheckDtype(true);
+            uint n = Rows(q.Length, qRow, "q");
+            CheckOutputs(n, @out.Length, lse.Length, !lse.IsEmpty);
+            fixed (ushort* pq = &MemoryMarshal.GetReference(q), po = &MemoryMarshal.GetReference(@out))
+            fixed (float* pl = &MemoryMarshal.GetReference(lse))
+                Attend(layer, seq, n, pq, po, lse.IsEmpty ? null : pl, flags);
         }
 
         /// <summary>Attend on memory the caller owns; lse may be null.</summary>

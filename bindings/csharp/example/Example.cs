@@ -6,7 +6,7 @@
 //
 // LIBRARY defaults to $COMMVQ_LIBRARY, then libcommvq.so.0 on the loader's path.
 using System;
-using Commvq.Loader;
+using Commvq;
 
 static class Example
 {

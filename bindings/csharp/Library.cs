@@ -3,7 +3,7 @@ using System.Reflection;
 using System.Runtime.InteropServices;
 using System.Text;
 
-namespace Commvq.Loader
+namespace Commvq
 {
     /// <summary>A failed libcommvq call: its status, the status's name and the library's message.</summary>
     public sealed class CommvqException : Exception
@@ -68,12 +68,13 @@ namespace Commvq.Loader
     }
 
     /// <summary>
-    /// libcommvq loaded with dlopen. It stays loaded for the life of the
+    /// libcommvq, loaded at run time. It stays loaded for the life of the
     /// process: SafeHandles finalized late still call into it.
     /// </summary>
     public sealed class Library
     {
         public Api Api { get; }
+        /// <summary>The file or name the library was loaded from.</summary>
         public string Path { get; }
 
         Library(Api api, string path)
@@ -82,20 +83,70 @@ namespace Commvq.Loader
             Path = path;
         }
 
+        static readonly object openLock = new object();
+        static Library shared;
+
         /// <summary>
-        /// Loads libcommvq from path; null means $COMMVQ_LIBRARY, else
-        /// libcommvq.so.MAJOR from the loader's search path. Checks the major
+        /// The library for calls that take no Library: opened once, by Open(),
+        /// on first use.
+        /// </summary>
+        public static Library Default
+        {
+            get
+            {
+                lock (openLock)
+                    return shared ?? (shared = Open());
+            }
+        }
+
+        /// <summary>
+        /// The places Open() tries when given no path, in order:
+        /// $COMMVQ_LIBRARY; libcommvq.so.MAJOR beside this assembly (a
+        /// package that ships the library with it); LIBDIR/libcommvq.so.MAJOR
+        /// for this assembly installed as LIBDIR/cli/commvq/Commvq.dll
+        /// (cmake --install); the bare name, for the dynamic loader's search
+        /// path (LD_LIBRARY_PATH, ldconfig).
+        /// </summary>
+        public static string[] Candidates()
+        {
+            string name = "libcommvq.so." + Constants.COMMVQ_VERSION_MAJOR;
+            var list = new System.Collections.Generic.List<string>();
+            string env = Environment.GetEnvironmentVariable("COMMVQ_LIBRARY");
+            if (!string.IsNullOrEmpty(env))
+                list.Add(env);
+            string location = typeof(Library).Assembly.Location;
+            if (!string.IsNullOrEmpty(location))
+            {
+                string dir = System.IO.Path.GetDirectoryName(location);
+                list.Add(System.IO.Path.Combine(dir, name));
+                list.Add(System.IO.Path.GetFullPath(System.IO.Path.Combine(dir, "..", "..", name)));
+            }
+            list.Add(name);
+            return list.ToArray();
+        }
+
+        /// <summary>
+        /// Loads libcommvq from path; null means the first of Candidates()
+        /// that exists ($COMMVQ_LIBRARY is used as given). Checks the major
         /// version, then resolves every function, naming the first one missing.
         /// </summary>
         public static Library Open(string path = null)
         {
             if (string.IsNullOrEmpty(path))
-                path = Environment.GetEnvironmentVariable("COMMVQ_LIBRARY");
-            if (string.IsNullOrEmpty(path))
-                path = "libcommvq.so." + Constants.COMMVQ_VERSION_MAJOR;
-            IntPtr handle = Dl.dlopen(path, Dl.RTLD_NOW);
-            if (handle == IntPtr.Zero)
-                throw new LoadException("cannot load libcommvq: " + Marshal.PtrToStringAnsi(Dl.dlerror()));
+            {
+                string[] candidates = Candidates();
+                path = candidates[candidates.Length - 1];
+                for (int i = 0; i < candidates.Length - 1; i++)
+                {
+                    bool fromEnvironment = i == 0 && candidates[0] == Environment.GetEnvironmentVariable("COMMVQ_LIBRARY");
+                    if (fromEnvironment || System.IO.File.Exists(candidates[i]))
+                    {
+                        path = candidates[i];
+                        break;
+                    }
+                }
+            }
+            IntPtr handle = Loader.Load(path);
 
             var api = new Api();
             // The version first: a library of another major may lack other symbols.
@@ -109,7 +160,7 @@ namespace Commvq.Loader
                 FieldInfo field = typeof(Api).GetField(function.Name);
                 if (field == null)
                     throw new LoadException("Api has no field for " + function.Name);
-                IntPtr address = Dl.dlsym(handle, function.Name);
+                IntPtr address = Loader.Symbol(handle, function.Name);
                 if (address == IntPtr.Zero)
                     throw new LoadException(path + " lacks the symbol " + function.Name);
                 field.SetValue(api, Marshal.GetDelegateForFunctionPointer(address, function));
@@ -119,7 +170,7 @@ namespace Commvq.Loader
 
         static T Resolve<T>(IntPtr handle, string path, string name) where T : class
         {
-            IntPtr address = Dl.dlsym(handle, name);
+            IntPtr address = Loader.Symbol(handle, name);
             if (address == IntPtr.Zero)
                 throw new LoadException(path + " lacks the symbol " + name);
             return (T)(object)Marshal.GetDelegateForFunctionPointer(address, typeof(T));
@@ -163,5 +214,58 @@ namespace Commvq.Loader
         }
 
         internal static byte[] CString(string text) => Encoding.UTF8.GetBytes(text + "\0");
+    }
+
+    /// <summary>
+    /// Opens a shared library and finds its symbols: through
+    /// System.Runtime.InteropServices.NativeLibrary where the runtime has it
+    /// (.NET Core 3.0 and later), else through dlopen/dlsym (Mono).
+    /// </summary>
+    static class Loader
+    {
+        delegate bool TryLoadFn(string path, out IntPtr handle);
+        delegate bool TryGetExportFn(IntPtr handle, string name, out IntPtr address);
+
+        static readonly TryLoadFn tryLoad;
+        static readonly TryGetExportFn tryGetExport;
+
+        static Loader()
+        {
+            Type nativeLibrary = Type.GetType("System.Runtime.InteropServices.NativeLibrary");
+            if (nativeLibrary == null)
+                return;
+            MethodInfo load = nativeLibrary.GetMethod("TryLoad", new[] { typeof(string), typeof(IntPtr).MakeByRefType() });
+            MethodInfo export = nativeLibrary.GetMethod("TryGetExport",
+                new[] { typeof(IntPtr), typeof(string), typeof(IntPtr).MakeByRefType() });
+            if (load != null && export != null)
+            {
+                tryLoad = (TryLoadFn)Delegate.CreateDelegate(typeof(TryLoadFn), load);
+                tryGetExport = (TryGetExportFn)Delegate.CreateDelegate(typeof(TryGetExportFn), export);
+            }
+        }
+
+        /// <summary>Whether NativeLibrary is used (else dlopen).</summary>
+        internal static bool UsesNativeLibrary => tryLoad != null;
+
+        internal static IntPtr Load(string path)
+        {
+            if (tryLoad != null)
+            {
+                if (!tryLoad(path, out IntPtr h) || h == IntPtr.Zero)
+                    throw new LoadException("cannot load libcommvq: " + path + " could not be loaded");
+                return h;
+            }
+            IntPtr handle = Dl.dlopen(path, Dl.RTLD_NOW);
+            if (handle == IntPtr.Zero)
+                throw new LoadException("cannot load libcommvq: " + Marshal.PtrToStringAnsi(Dl.dlerror()));
+            return handle;
+        }
+
+        internal static IntPtr Symbol(IntPtr handle, string name)
+        {
+            if (tryGetExport != null)
+                return tryGetExport(handle, name, out IntPtr address) ? address : IntPtr.Zero;
+            return Dl.dlsym(handle, name);
+        }
     }
 }

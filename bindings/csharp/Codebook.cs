@@ -1,6 +1,6 @@
 using System;
 
-namespace Commvq.Loader
+namespace Commvq
 {
     /// <summary>
     /// The quantization tables of one model. Caches keep their own copy of

@@ -6,13 +6,19 @@ namespace Commvq
     /// <summary>Owns a commvq_codebook_t; released exactly once, by Dispose or the finalizer.</summary>
     public sealed class CodebookHandle : SafeHandle
     {
-        internal CodebookHandle(IntPtr raw) : base(IntPtr.Zero, true) => SetHandle(raw);
+        readonly Library library;
+
+        internal CodebookHandle(Library library, IntPtr raw) : base(IntPtr.Zero, true)
+        {
+            this.library = library;
+            SetHandle(raw);
+        }
 
         public override bool IsInvalid => handle == IntPtr.Zero;
 
         protected override bool ReleaseHandle()
         {
-            CommvqNative.codebook_free(handle);
+            library.Api.commvq_codebook_free(handle);
             return true;
         }
     }
@@ -20,13 +26,19 @@ namespace Commvq
     /// <summary>Owns a commvq_cache_t; released exactly once, by Dispose or the finalizer.</summary>
     public sealed class CacheHandle : SafeHandle
     {
-        internal CacheHandle(IntPtr raw) : base(IntPtr.Zero, true) => SetHandle(raw);
+        readonly Library library;
+
+        internal CacheHandle(Library library, IntPtr raw) : base(IntPtr.Zero, true)
+        {
+            this.library = library;
+            SetHandle(raw);
+        }
 
         public override bool IsInvalid => handle == IntPtr.Zero;
 
         protected override bool ReleaseHandle()
         {
-            CommvqNative.cache_destroy(handle);
+            library.Api.commvq_cache_destroy(handle);
             return true;
         }
     }

@@ -6,7 +6,7 @@
 using System;
 using System.Runtime.InteropServices;
 
-namespace Commvq.Loader
+namespace Commvq
 {
     public static class Constants
     {
