@@ -1,15 +1,14 @@
 #include "safetensors.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
 
 #include <nlohmann/json.hpp>
 
 #include "dtype.h"
 #include "error.h"
+#include "file_io.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; this reader copies it as is"
@@ -163,35 +162,16 @@ File parse(const void* data, size_t size) {
 }
 
 std::vector<uint8_t> read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(COMMVQ_ERR_IO, "cannot open '" + path + "' for reading");
-    in.seekg(0, std::ios::end);
-    const std::streamoff size = in.tellg();
-    if (size < 0) throw Error(COMMVQ_ERR_IO, "cannot determine the size of '" + path + "'");
-    in.seekg(0, std::ios::beg);
-    std::vector<uint8_t> bytes(static_cast<size_t>(size));
-    if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size))
-        throw Error(COMMVQ_ERR_IO, "cannot read '" + path + "'");
+    InputFile file(path);
+    require(file.size() <= std::numeric_limits<size_t>::max(), COMMVQ_ERR_OUT_OF_MEMORY,
+            [&] { return "'" + path + "' is larger than this machine can address"; });
+    std::vector<uint8_t> bytes(size_t(file.size()));
+    file.read(bytes.data(), bytes.size());
     return bytes;
 }
 
 void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out) throw Error(COMMVQ_ERR_IO, "cannot open '" + tmp + "' for writing");
-        out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-        out.flush();
-        if (!out) {
-            out.close();
-            std::remove(tmp.c_str());
-            throw Error(COMMVQ_ERR_IO, "cannot write '" + tmp + "'");
-        }
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        std::remove(tmp.c_str());
-        throw Error(COMMVQ_ERR_IO, "cannot rename '" + tmp + "' to '" + path + "'");
-    }
+    write_file_atomically(path, bytes.data(), bytes.size());
 }
 
 void Writer::set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
