@@ -11,23 +11,13 @@
 #include "cache_reference.h"
 #include "cache_test_util.h"
 #include "seq_file.h"
+#include "temp_dir.h"
 
 using namespace commvq;
 using namespace commvq::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh directory per test case, removed afterwards.
-struct TempDir {
-    fs::path path;
-    explicit TempDir(const std::string& name) {
-        path = fs::temp_directory_path() / ("commvq_test_" + name + "_" + std::to_string(std::rand()));
-        fs::create_directories(path);
-    }
-    ~TempDir() { fs::remove_all(path); }
-    std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 std::vector<uint8_t> read_bytes(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
