@@ -3,9 +3,14 @@
 // encoders give one token at a time (what commvq_codebook_reconstruct
 // uses). Real keys and values (the bytellama fixture) through the shipped
 // 1-bit and 2-bit codebooks, appended in uneven chunks so tiles start at
-// different positions.
+// different positions. Attention over those codes may differ in its last
+// bits (with fewer query rows than threads a row's tokens are split over
+// the threads and the parts merged: another order of summation), by far
+// less than its 1e-5 tolerance.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -69,6 +74,7 @@ void check_thread_counts(const char* codebook_file) {
     const KvFixture& fx = kv_fixture();
     const Codebook cb = load_codebook(std::string(COMMVQ_TEST_DATA) + "/../../data/codebooks/" + codebook_file);
     std::vector<std::vector<uint8_t>> codes;
+    std::vector<std::vector<float>> outputs;
     uint64_t compressed = 0;
     BlockLayout layout;
     for (uint32_t threads : {1u, 2u, 16u}) {
@@ -86,6 +92,13 @@ void check_thread_counts(const char* codebook_file) {
         }
         REQUIRE(at == kTokens);
         codes.push_back(codes_of(cache, 0));
+        // A decode query (split over 16 threads) and three queries (one
+        // tile), against the last layer.
+        const size_t row = size_t(cb.n_q_heads) * cb.head_dim;
+        std::vector<float> out(4 * row);
+        cache.attend(cb.n_layers - 1, 0, 1, fx.query(cb.n_layers - 1, 0), out.data(), nullptr, 0);
+        cache.attend(cb.n_layers - 1, 0, 3, fx.query(cb.n_layers - 1, 0), out.data() + row, nullptr, 0);
+        outputs.push_back(out);
         compressed = cache.sequence(0).layers[0].compressed;
         layout = cache.layout();
     }
@@ -93,6 +106,14 @@ void check_thread_counts(const char* codebook_file) {
     CHECK(codes[1] == codes[0]);
     CHECK(codes[2] == codes[0]);
     CHECK(one_by_one(cb, fx, layout, compressed) == codes[0]);
+    for (size_t i = 1; i < outputs.size(); ++i) {
+        double diff = 0, scale = 0;
+        for (size_t j = 0; j < outputs[0].size(); ++j) {
+            diff = std::max(diff, double(std::fabs(outputs[i][j] - outputs[0][j])));
+            scale = std::max(scale, double(std::fabs(outputs[0][j])));
+        }
+        CHECK(diff <= 1e-6 * scale);
+    }
 }
 
 }  // namespace
