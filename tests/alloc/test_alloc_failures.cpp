@@ -37,13 +37,15 @@ uint64_t sweep(const char* what, Op op, Check check) {
         const commvq_status_t status = op();
         const AllocationCount count = stop_failing();
         if (!count.failed) {
-            CHECK_MESSAGE(status == COMMVQ_OK, std::string(what) << " failed with no allocation failing: " << commvq_last_error());
+            CHECK_MESSAGE(status == COMMVQ_OK, std::string(what) << " failed with no allocation failing: "
+                                                                << std::string(commvq_last_error()));
             MESSAGE(std::string(what) << ": " << n - 1 << " allocation failures injected, " << count.attempted << " allocations when none fails");
             return count.attempted;
         }
         INFO(std::string(what) << " with allocation " << n << " failing");
         REQUIRE_MESSAGE(status == COMMVQ_ERR_OUT_OF_MEMORY,
-                        "returned " << commvq_status_string(status) << ": " << commvq_last_error());
+                        "returned " << std::string(commvq_status_string(status)) << ": "
+                                    << std::string(commvq_last_error()));
         check();
     }
 }
@@ -173,4 +175,23 @@ TEST_CASE("out of memory: seq_save leaves no file, seq_load changes nothing") {
           });
     sweep("commvq_cache_seq_load", [&] { return commvq_cache_seq_load(t.c, 3, path.c_str()); }, t.unchanged());
     CHECK(t.c->cache.sequence(3).layers[1].length == t.c->cache.sequence(1).layers[1].length);
+}
+
+TEST_CASE("out of memory: training returns nothing and leaks nothing") {
+    const uint32_t layers = 2, heads = 1, dim = 16, n = 48;
+    Rng rng(8);
+    const std::vector<float> k = rng.normals(size_t(layers) * n * heads * dim), v = rng.normals(k.size());
+    commvq_train_params_t p;
+    commvq_train_params_init(&p);
+    p.sub_centers = 4;
+    p.key_max_steps = 2;
+    p.value_steps = 2;
+    p.value_batch = 16;
+    // One thread: a helper thread that cannot start only makes training use
+    // fewer threads (src/train/parallel_impl.h), so it succeeds.
+    p.n_threads = 1;
+    commvq_codebook_t* out = nullptr;
+    sweep("commvq_train", [&] { return commvq_train(&p, layers, heads, dim, n, k.data(), v.data(), &out); },
+          [&] { CHECK(out == nullptr); });
+    commvq_codebook_free(out);
 }

@@ -157,3 +157,25 @@ TEST_CASE("input rule: encode_keys and reconstruct refuse what append refuses, o
     }
     commvq_codebook_free(cb);
 }
+
+TEST_CASE("input rule: commvq_train refuses what append refuses, naming layer, token and element") {
+    const uint32_t layers = 2, heads = 1, dim = 16, n = 32;
+    commvq_train_params_t p;
+    commvq_train_params_init(&p);
+    p.sub_centers = 4;
+    p.key_max_steps = 1;
+    p.value_steps = 1;
+    p.n_threads = 1;
+    for (float bad : kBad) {
+        CAPTURE(bad);
+        for (const char* which : {"keys", "values"}) {
+            std::vector<float> k(size_t(layers) * n * heads * dim, 0.5f), v = k;
+            (which[0] == 'k' ? k : v)[(size_t(1) * n + 3) * dim + 5] = bad;  // layer 1, token 3, element 5
+            commvq_codebook_t* out = nullptr;
+            CHECK(commvq_train(&p, layers, heads, dim, n, k.data(), v.data(), &out) == COMMVQ_ERR_INVALID_ARGUMENT);
+            CHECK(out == nullptr);
+            CHECK_MESSAGE(message_names(std::string("commvq_train: ") + which + " of layer 1, token 3, element 5"),
+                          commvq_last_error());
+        }
+    }
+}
