@@ -518,6 +518,12 @@ void Cache::seq_load(uint32_t seq, const std::string& path) {
     const uint32_t code_limit = cb_.sub_centers * cb_.sub_centers;
     std::vector<uint16_t> codes(size_t(cb_.n_kv_heads) * cb_.key_stages);
     std::vector<float> floats(layout_.n_key_scales + 1);  // the scales and the weight
+    // A scale is the norm of a key (token scales: all heads; head scales:
+    // one), so a key within the input rule has a scale of at most
+    // kMaxInputMagnitude * sqrt(elements); a larger one could only make
+    // attention overflow.
+    const uint32_t scaled = cb_.scale_mode == COMMVQ_SCALE_TOKEN ? cb_.value_dim() : cb_.head_dim;
+    const double max_scale = kMaxInputMagnitude * std::sqrt(double(scaled)) * (1 + 1e-6);
     for (uint32_t l = 0; l < im.n_layers; ++l) {
         for (uint64_t t = 0; t < im.compressed[l]; ++t) {
             const uint8_t* token = im.codes[l].data() + t * im.token_bytes;
@@ -529,6 +535,9 @@ void Cache::seq_load(uint32_t seq, const std::string& path) {
             for (float x : floats)
                 require(std::isfinite(x), COMMVQ_ERR_CORRUPT,
                         [&] { return in_file() + "holds a non-finite scale or weight"; });
+            for (uint32_t i = 0; i < layout_.n_key_scales; ++i)
+                require(floats[i] >= 0 && floats[i] <= max_scale, COMMVQ_ERR_CORRUPT,
+                        [&] { return in_file() + "holds a key scale no key within the input rule can have"; });
         }
         const size_t n = im.keys[l].size() / dtype_size(im.io_dtype);
         require(first_bad_input(im.keys[l].data(), im.io_dtype, n) == n &&
