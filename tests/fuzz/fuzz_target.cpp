@@ -23,12 +23,12 @@ commvq_codebook_t* fuzz_codebook() {
     return cb;
 }
 
-commvq_cache_t* fuzz_cache() {
+commvq_cache_t* fuzz_cache(uint32_t max_seqs, uint64_t max_tokens) {
     static commvq_codebook_t* cb = fuzz_codebook();
     commvq_cache_params_t p;
     commvq_cache_params_init(&p);
-    p.max_seqs = 1;
-    p.max_tokens = 256;
+    p.max_seqs = max_seqs;
+    p.max_tokens = max_tokens;
     p.block_tokens = 16;
     p.window = 8;
     p.sink_tokens = 2;

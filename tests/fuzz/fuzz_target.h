@@ -4,15 +4,17 @@
 // that seeds saved from it carry every part of a sequence file.
 #pragma once
 
+#include <cstdint>
+
 #include "commvq/commvq.h"
 
 namespace commvq {
 namespace test {
 
 commvq_codebook_t* fuzz_codebook();
-// A fresh cache of fuzz_codebook(): 1 sequence, 2 sink tokens, window 8,
-// blocks of 16 tokens, 256 tokens of pool, one thread.
-commvq_cache_t* fuzz_cache();
+// A fresh cache of fuzz_codebook(): 2 sink tokens, window 8, blocks of 16
+// tokens, one thread; max_seqs sequences and a pool of max_tokens.
+commvq_cache_t* fuzz_cache(uint32_t max_seqs = 1, uint64_t max_tokens = 256);
 
 }  // namespace test
 }  // namespace commvq

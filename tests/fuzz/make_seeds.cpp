@@ -1,7 +1,8 @@
 // Writes the seed corpus of the fuzz targets (corpus/codebook,
-// corpus/sequence): the fuzz codebook in F32 and F16 storage, and sequences
-// of the fuzz cache: empty, sinks only, and sinks, compressed tokens and a
-// full window after a truncation. Run from the build tree:
+// corpus/sequence, corpus/api): the fuzz codebook in F32 and F16 storage;
+// sequences of the fuzz cache: empty, sinks only, and sinks, compressed
+// tokens and a full window after a truncation; call sequences for
+// fuzz_api.cpp (three bytes a call: kind, layer | seq << 1 | other << 3, n). Run from the build tree:
 //   tests/fuzz/commvq_fuzz_seeds <source>/tests/fuzz/corpus
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +19,11 @@ void check(bool ok, const std::string& what) {
     if (ok) return;
     std::fprintf(stderr, "commvq_fuzz_seeds: %s: %s\n", what.c_str(), commvq_last_error());
     std::exit(1);
+}
+
+void write(const std::string& path, const std::vector<uint8_t>& bytes) {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    check(f && std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fclose(f) == 0, path);
 }
 
 void append(commvq_cache_t* c, uint32_t n, uint64_t seed) {
@@ -49,5 +55,16 @@ int main(int argc, char** argv) {
     append(c, 9, 3);
     check(commvq_cache_seq_save(c, 0, (dir + "/sequence/full.cvqseq").c_str()) == COMMVQ_OK, "save full");
     commvq_cache_destroy(c);
+
+    // Both layers of 0 in step, a fork, appends to the fork, attention,
+    // a truncation, a clear and an attend that must fail.
+    write(dir + "/api/fork.bin", {0, 0, 19, 0, 1, 19, 5, 8, 0, 0, 2, 4, 0, 3, 4, 1, 3, 2, 2, 8, 0, 3, 2, 10, 4, 0, 0, 1, 0, 0});
+    // Layers out of step: an append past the frontier and a fork refused,
+    // then caught up and forked.
+    write(dir + "/api/out_of_step.bin", {0, 4, 9, 0, 4, 0, 5, 28, 0, 0, 5, 9, 5, 28, 0, 1, 29, 0x83});
+    commvq::test::Rng rng(3);
+    std::vector<uint8_t> random(144);
+    for (auto& b : random) b = uint8_t(rng.next());
+    write(dir + "/api/random.bin", random);
     return 0;
 }
