@@ -75,11 +75,12 @@ void bench_encoders(const std::string& cb_path, const commvq::test::KvFixture& f
             ve.encode(fx.value(l, t), vbits.data() + t * vbytes, &weights[t], scratch.data());
         value_s += (thread_seconds() - t0);
 
+        commvq::KeyEncoder::Scratch key_scratch(cb);
         t0 = thread_seconds();
         for (uint32_t t = 0; t < T; t += kTile) {
             const uint32_t n = std::min(kTile, T - t);
             ke.encode_tile(n, keys.data() + size_t(t) * D, D, codes_tile.data() + t * n_codes, n_codes,
-                           scales_tile.data() + t * n_scales, n_scales);
+                           scales_tile.data() + t * n_scales, n_scales, key_scratch);
         }
         key_tile_s += (thread_seconds() - t0);
         t0 = thread_seconds();

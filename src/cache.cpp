@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <thread>
@@ -9,6 +10,7 @@
 #include "code_packing.h"
 #include "dtype.h"
 #include "error.h"
+#include "input_check.h"
 #include "seq_file.h"
 
 namespace commvq {
@@ -30,24 +32,6 @@ const char* dtype_name(int32_t dtype) {
 
 std::string str(uint64_t x) { return std::to_string(x); }
 
-// Index of the first element that is not finite, or n. Non-finite keys or
-// values would poison the codes (and every later attention), so append
-// refuses them.
-size_t first_non_finite(const void* data, int32_t dtype, size_t n) {
-    if (dtype == COMMVQ_DTYPE_F32) {
-        const float* f = static_cast<const float*>(data);
-        for (size_t i = 0; i < n; ++i)
-            if (!std::isfinite(f[i])) return i;
-        return n;
-    }
-    // f16 and bf16: the exponent field all ones means Inf or NaN.
-    const uint16_t exponent = dtype == COMMVQ_DTYPE_F16 ? 0x7C00 : 0x7F80;
-    const uint16_t* h = static_cast<const uint16_t*>(data);
-    for (size_t i = 0; i < n; ++i)
-        if ((h[i] & exponent) == exponent) return i;
-    return n;
-}
-
 // The parameters checked, with n_threads and attn_scale resolved.
 commvq_cache_params_t resolve_params(const Codebook& cb, commvq_cache_params_t p) {
     const char* fn = "commvq_cache_create: ";
@@ -63,8 +47,12 @@ commvq_cache_params_t resolve_params(const Codebook& cb, commvq_cache_params_t p
     require(p.key_convention == COMMVQ_KEYS_PRE_ROPE || p.key_convention == COMMVQ_KEYS_POST_ROPE,
             COMMVQ_ERR_INVALID_ARGUMENT,
             std::string(fn) + "key_convention " + std::to_string(p.key_convention) + " is not a COMMVQ_KEYS_*");
-    require(std::isfinite(p.attn_scale) && p.attn_scale >= 0, COMMVQ_ERR_INVALID_ARGUMENT,
-            std::string(fn) + "attn_scale must be finite and >= 0 (0 = 1/sqrt(head_dim))");
+    require(p.attn_scale >= 0 && p.attn_scale <= kMaxAttnScale, COMMVQ_ERR_INVALID_ARGUMENT, [&] {
+        char scale[32];
+        std::snprintf(scale, sizeof scale, "%g", double(p.attn_scale));
+        return std::string(fn) + "attn_scale " + scale + " is outside 0.." + std::to_string(int(kMaxAttnScale)) +
+               " (0 = 1/sqrt(head_dim)); a larger scale could overflow the scores";
+    });
     require(p.n_threads <= kMaxThreads, COMMVQ_ERR_INVALID_ARGUMENT,
             std::string(fn) + "n_threads " + str(p.n_threads) + " is more than " + str(kMaxThreads));
     // What the codes' storage assumes of the codebook.
@@ -116,13 +104,17 @@ Cache::Cache(const Codebook& cb, const commvq_cache_params_t& params)
 }
 
 void Cache::check_layer(uint32_t layer, const char* fn) const {
-    require(layer < cb_.n_layers, COMMVQ_ERR_OUT_OF_RANGE,
-            std::string(fn) + ": layer " + str(layer) + " out of range (the model has " + str(cb_.n_layers) + " layers)");
+    require(layer < cb_.n_layers, COMMVQ_ERR_OUT_OF_RANGE, [&] {
+        return std::string(fn) + ": layer " + str(layer) + " out of range (the model has " + str(cb_.n_layers) +
+               " layers)";
+    });
 }
 
 void Cache::check_seq(uint32_t seq, const char* fn) const {
-    require(seq < params_.max_seqs, COMMVQ_ERR_OUT_OF_RANGE,
-            std::string(fn) + ": sequence " + str(seq) + " out of range (max_seqs is " + str(params_.max_seqs) + ")");
+    require(seq < params_.max_seqs, COMMVQ_ERR_OUT_OF_RANGE, [&] {
+        return std::string(fn) + ": sequence " + str(seq) + " out of range (max_seqs is " + str(params_.max_seqs) +
+               ")";
+    });
 }
 
 // Tokens leave the window (oldest first) once it would hold more than W.
@@ -143,7 +135,9 @@ uint64_t Cache::blocks_needed(const Sequence& s, uint64_t before, uint64_t after
 
 // Gives the sequence its own copy of every shared block that compressed
 // slots [before, after) fall in, and new blocks past its table. The caller
-// has checked blocks_needed() against the free blocks.
+// has checked blocks_needed() against the free blocks, so nothing here can
+// fail: the pool has the blocks, a shared block is in use, and the table's
+// capacity is the whole pool.
 void Cache::make_writable(Sequence& s, uint64_t before, uint64_t after) {
     if (after == before) return;
     const uint32_t bt = params_.block_tokens;
@@ -158,52 +152,49 @@ void Cache::make_writable(Sequence& s, uint64_t before, uint64_t after) {
     while (s.blocks.size() < end) s.blocks.push_back(pool_.allocate());
 }
 
-// Drops the blocks past the sequence's furthest compressed token.
-void Cache::trim_blocks(Sequence& s) {
-    const uint64_t keep = blocks_for(s.max_compressed(), params_.block_tokens);
-    while (s.blocks.size() > keep) {
-        pool_.release(s.blocks.back());
-        s.blocks.pop_back();
-    }
+// Drops the table entries past `keep` blocks. release() checks every block
+// before it frees any, and shrinking the table cannot fail: either nothing
+// changes or all of it does.
+void Cache::trim_blocks(Sequence& s, uint64_t keep) {
+    if (s.blocks.size() <= keep) return;
+    pool_.release(s.blocks.data() + keep, s.blocks.size() - keep);
+    s.blocks.resize(keep);
 }
 
 void Cache::append(uint32_t layer, uint32_t seq, uint32_t n_tokens, const void* k, const void* v) {
     const char* fn = "commvq_cache_append";
     check_layer(layer, fn);
     check_seq(seq, fn);
-    require(n_tokens > 0, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": n_tokens is 0");
-    require(k && v, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": k or v is NULL");
+    require(n_tokens > 0, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_append: n_tokens is 0");
+    require(k && v, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_append: k or v is NULL");
     Sequence& s = seqs_[seq];
     const LayerState before = s.layers[layer];
     const uint64_t frontier = s.frontier();
     const bool catches_up = before.length + n_tokens <= frontier;
     const bool leads = before.length == frontier && s.in_step();
-    if (!catches_up && !leads) {
+    require(catches_up || leads, COMMVQ_ERR_INVALID_STATE, [&] {
         std::string lengths;
-        for (uint32_t l = 0; l < cb_.n_layers; ++l)
-            lengths += (l ? ", " : "") + str(s.layers[l].length);
-        throw Error(COMMVQ_ERR_INVALID_STATE,
-                    std::string(fn) + ": layers out of step: sequence " + str(seq) + " layer " + str(layer) + " holds " +
-                        str(before.length) + " tokens; " + str(n_tokens) +
-                        " more would pass the furthest layer before every layer has caught up (layer lengths: " +
-                        lengths + ")");
-    }
+        for (uint32_t l = 0; l < cb_.n_layers; ++l) lengths += (l ? ", " : "") + str(s.layers[l].length);
+        return std::string(fn) + ": layers out of step: sequence " + str(seq) + " layer " + str(layer) + " holds " +
+               str(before.length) + " tokens; " + str(n_tokens) +
+               " more would pass the furthest layer before every layer has caught up (layer lengths: " + lengths +
+               ")";
+    });
     LayerState after;
     after.length = before.length + n_tokens;
     after.compressed = compressed_after(after.length, before.compressed);
     const uint64_t needed = blocks_needed(s, before.compressed, after.compressed);
-    require(needed <= pool_.free_count(), COMMVQ_ERR_CAPACITY,
-            std::string(fn) + ": the block pool is full: this append needs " + str(needed) + " more blocks, " +
-                str(pool_.free_count()) + " of " + str(pool_.capacity()) + " are free");
-    const size_t elements = size_t(n_tokens) * cb_.value_dim();
-    for (const void* x : {k, v}) {
-        if (!backend_->host_readable(x)) continue;  // device memory: the host cannot look
-        const size_t bad = first_non_finite(x, params_.io_dtype, elements);
-        require(bad == elements, COMMVQ_ERR_INVALID_ARGUMENT,
-                std::string(fn) + ": " + (x == k ? "k" : "v") + " holds a non-finite number (token " +
-                    str(bad / cb_.value_dim()) + ", element " + str(bad % cb_.value_dim()) + ")");
-    }
+    require(needed <= pool_.free_count(), COMMVQ_ERR_CAPACITY, [&] {
+        return std::string(fn) + ": the block pool is full: this append needs " + str(needed) + " more blocks, " +
+               str(pool_.free_count()) + " of " + str(pool_.capacity()) + " are free";
+    });
+    for (const void* x : {k, v})
+        if (backend_->host_readable(x))  // device memory: the host cannot look
+            require_inputs(fn, x == k ? "k" : "v", "token", x, params_.io_dtype, n_tokens, cb_.value_dim());
 
+    // Everything is checked; from here on nothing allocates or fails (the
+    // CPU back end's append takes its memory at creation), so the cache
+    // cannot be left half-changed.
     make_writable(s, before.compressed, after.compressed);
     const LayerView before_view = s.view(seq, layer, params_.sink_tokens);
     s.layers[layer] = after;
@@ -217,23 +208,30 @@ void Cache::attend(uint32_t layer, uint32_t seq, uint32_t n_queries, const void*
     check_layer(layer, fn);
     check_seq(seq, fn);
     require((flags & ~COMMVQ_ATTEND_NON_CAUSAL) == 0, COMMVQ_ERR_INVALID_ARGUMENT,
-            std::string(fn) + ": unknown flags " + str(flags));
-    require(n_queries > 0, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": n_queries is 0");
-    require(q && out, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": q or out is NULL");
+            [&] { return std::string(fn) + ": unknown flags " + str(flags); });
+    require(n_queries > 0, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_attend: n_queries is 0");
+    require(q && out, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_attend: q or out is NULL");
     const LayerView view = seqs_[seq].view(seq, layer, params_.sink_tokens);
-    require(view.length > 0, COMMVQ_ERR_OUT_OF_RANGE,
-            std::string(fn) + ": sequence " + str(seq) + " holds no tokens in layer " + str(layer));
+    require(view.length > 0, COMMVQ_ERR_OUT_OF_RANGE, [&] {
+        return std::string(fn) + ": sequence " + str(seq) + " holds no tokens in layer " + str(layer);
+    });
     const bool causal = (flags & COMMVQ_ATTEND_NON_CAUSAL) == 0;
-    require(!causal || n_queries <= view.length, COMMVQ_ERR_OUT_OF_RANGE,
-            std::string(fn) + ": " + str(n_queries) + " causal queries, but layer " + str(layer) + " of sequence " +
-                str(seq) + " holds only " + str(view.length) + " tokens (query i sits at position length - n_queries + i)");
-    std::vector<AttendRow> rows(n_queries);
+    require(!causal || n_queries <= view.length, COMMVQ_ERR_OUT_OF_RANGE, [&] {
+        return std::string(fn) + ": " + str(n_queries) + " causal queries, but layer " + str(layer) +
+               " of sequence " + str(seq) + " holds only " + str(view.length) +
+               " tokens (query i sits at position length - n_queries + i)";
+    });
+    const size_t q_row = size_t(cb_.n_q_heads) * cb_.head_dim;
+    if (backend_->host_readable(q)) require_inputs(fn, "q", "query", q, params_.io_dtype, n_queries, q_row);
+    // Rows live in the cache's own buffer: it grows to the largest call
+    // seen, so a steady stream of calls allocates nothing.
+    rows_.resize(std::max<size_t>(rows_.size(), n_queries));
     for (uint32_t i = 0; i < n_queries; ++i)
-        rows[i] = {&view, causal ? view.length - n_queries + i + 1 : view.length};
+        rows_[i] = {&view, causal ? view.length - n_queries + i + 1 : view.length};
     AttendCall call;
     call.layer = layer;
     call.n_rows = n_queries;
-    call.rows = rows.data();
+    call.rows = rows_.data();
     call.one_sequence = true;
     call.q = q;
     call.out = out;
@@ -246,25 +244,31 @@ void Cache::attend_batch(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_id
     const char* fn = "commvq_cache_attend_batch";
     check_layer(layer, fn);
     require((flags & ~COMMVQ_ATTEND_NON_CAUSAL) == 0, COMMVQ_ERR_INVALID_ARGUMENT,
-            std::string(fn) + ": unknown flags " + str(flags));
-    require(n_seqs > 0, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": n_seqs is 0");
-    require(seq_ids && q && out, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": seq_ids, q or out is NULL");
-    std::vector<LayerView> views(n_seqs);
-    std::vector<AttendRow> rows(n_seqs);
+            [&] { return std::string(fn) + ": unknown flags " + str(flags); });
+    require(n_seqs > 0, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_attend_batch: n_seqs is 0");
+    require(seq_ids && q && out, COMMVQ_ERR_INVALID_ARGUMENT,
+            "commvq_cache_attend_batch: seq_ids, q or out is NULL");
     for (uint32_t i = 0; i < n_seqs; ++i) {
         check_seq(seq_ids[i], fn);
-        views[i] = seqs_[seq_ids[i]].view(seq_ids[i], layer, params_.sink_tokens);
-        require(views[i].length > 0, COMMVQ_ERR_OUT_OF_RANGE,
-                std::string(fn) + ": sequence " + str(seq_ids[i]) + " (entry " + str(i) + ") holds no tokens in layer " +
-                    str(layer));
+        require(seqs_[seq_ids[i]].layers[layer].length > 0, COMMVQ_ERR_OUT_OF_RANGE, [&] {
+            return std::string(fn) + ": sequence " + str(seq_ids[i]) + " (entry " + str(i) +
+                   ") holds no tokens in layer " + str(layer);
+        });
+    }
+    const size_t q_row = size_t(cb_.n_q_heads) * cb_.head_dim;
+    if (backend_->host_readable(q)) require_inputs(fn, "q", "entry", q, params_.io_dtype, n_seqs, q_row);
+    views_.resize(std::max<size_t>(views_.size(), n_seqs));
+    rows_.resize(std::max<size_t>(rows_.size(), n_seqs));
+    for (uint32_t i = 0; i < n_seqs; ++i) {
+        views_[i] = seqs_[seq_ids[i]].view(seq_ids[i], layer, params_.sink_tokens);
         // A decode query sits at its sequence's last position: it sees every
         // token, causal or not.
-        rows[i] = {&views[i], views[i].length};
+        rows_[i] = {&views_[i], views_[i].length};
     }
     AttendCall call;
     call.layer = layer;
     call.n_rows = n_seqs;
-    call.rows = rows.data();
+    call.rows = rows_.data();
     call.one_sequence = false;
     call.q = q;
     call.out = out;
@@ -280,41 +284,82 @@ uint64_t Cache::seq_length(uint32_t seq) const {
 void Cache::seq_clear(uint32_t seq) {
     check_seq(seq, "commvq_cache_seq_clear");
     Sequence& s = seqs_[seq];
+    trim_blocks(s, 0);
     for (auto& l : s.layers) l = LayerState{};
-    trim_blocks(s);
 }
 
 void Cache::seq_truncate(uint32_t seq, uint64_t new_length) {
     const char* fn = "commvq_cache_seq_truncate";
     check_seq(seq, fn);
     Sequence& s = seqs_[seq];
-    require(new_length <= s.frontier(), COMMVQ_ERR_OUT_OF_RANGE,
-            std::string(fn) + ": new_length " + str(new_length) + " is past the end of sequence " + str(seq) + " (" +
-                str(s.frontier()) + " tokens)");
+    require(new_length <= s.frontier(), COMMVQ_ERR_OUT_OF_RANGE, [&] {
+        return std::string(fn) + ": new_length " + str(new_length) + " is past the end of sequence " + str(seq) +
+               " (" + str(s.frontier()) + " tokens)";
+    });
+    // The layers' compressed counts after the cut, first only computed: the
+    // blocks are released (all or none), then the states change, which
+    // cannot fail.
     const uint64_t S = params_.sink_tokens;
+    const uint64_t cap = new_length > S ? new_length - S : 0;
+    uint64_t max_compressed = 0;
+    for (const auto& l : s.layers)
+        max_compressed = std::max(max_compressed, l.length <= new_length ? l.compressed : std::min(l.compressed, cap));
+    trim_blocks(s, blocks_for(max_compressed, params_.block_tokens));
     for (auto& l : s.layers) {
         if (l.length <= new_length) continue;
         l.length = new_length;
-        l.compressed = std::min(l.compressed, new_length > S ? new_length - S : 0);
+        l.compressed = std::min(l.compressed, cap);
     }
-    trim_blocks(s);
 }
 
 void Cache::seq_fork(uint32_t src, uint32_t dst) {
     const char* fn = "commvq_cache_seq_fork";
     check_seq(src, fn);
     check_seq(dst, fn);
-    require(src != dst, COMMVQ_ERR_INVALID_ARGUMENT, std::string(fn) + ": src and dst are both sequence " + str(src));
+    require(src != dst, COMMVQ_ERR_INVALID_ARGUMENT,
+            [&] { return std::string(fn) + ": src and dst are both sequence " + str(src); });
     Sequence& from = seqs_[src];
     Sequence& to = seqs_[dst];
-    require(to.frontier() == 0, COMMVQ_ERR_INVALID_STATE,
-            std::string(fn) + ": destination sequence " + str(dst) + " is not empty (" + str(to.frontier()) + " tokens)");
+    require(to.frontier() == 0, COMMVQ_ERR_INVALID_STATE, [&] {
+        return std::string(fn) + ": destination sequence " + str(dst) + " is not empty (" + str(to.frontier()) +
+               " tokens)";
+    });
     require(from.in_step(), COMMVQ_ERR_INVALID_STATE,
-            std::string(fn) + ": the layers of source sequence " + str(src) + " are out of step");
-    to.blocks.assign(from.blocks.begin(), from.blocks.end());
-    for (uint32_t b : to.blocks) pool_.retain(b);
-    to.layers = from.layers;
+            [&] { return std::string(fn) + ": the layers of source sequence " + str(src) + " are out of step"; });
+    // The copies into dst's own slots come first (dst is empty, so nobody
+    // sees them if anything fails); retain() checks every block before it
+    // counts any; the table and the layer states are then copied into room
+    // reserved at creation, which cannot fail.
     backend_->copy_uncompressed(src, dst);
+    pool_.retain(from.blocks.data(), from.blocks.size());
+    to.blocks.assign(from.blocks.begin(), from.blocks.end());
+    std::copy(from.layers.begin(), from.layers.end(), to.layers.begin());
+}
+
+void Cache::check_integrity() const {
+    std::vector<uint32_t> refs(pool_.capacity(), 0);
+    const uint64_t S = params_.sink_tokens;
+    for (uint32_t seq = 0; seq < seqs_.size(); ++seq) {
+        const Sequence& s = seqs_[seq];
+        const auto fail = [&](const std::string& what) {
+            throw Error(COMMVQ_ERR_INTERNAL, "cache integrity: sequence " + str(seq) + ": " + what);
+        };
+        if (s.blocks.size() != blocks_for(s.max_compressed(), params_.block_tokens))
+            fail("its block table has " + str(s.blocks.size()) + " blocks for " + str(s.max_compressed()) +
+                 " compressed tokens");
+        for (uint32_t l = 0; l < s.layers.size(); ++l) {
+            const LayerState& st = s.layers[l];
+            const uint64_t sinks = std::min(st.length, S);
+            if (st.compressed > st.length - sinks || st.length - sinks - st.compressed > params_.window)
+                fail("layer " + str(l) + " holds " + str(st.length) + " tokens, " + str(st.compressed) +
+                     " compressed: not sinks, codes and a window of at most " + str(params_.window));
+        }
+        for (uint32_t b : s.blocks) {
+            if (b >= refs.size()) fail("its block table names block " + str(b) + " past the pool");
+            ++refs[b];
+        }
+    }
+    pool_.check(refs);
 }
 
 commvq_cache_stats_t Cache::stats() const {
@@ -390,68 +435,119 @@ void Cache::seq_save(uint32_t seq, const std::string& path) const {
     const char* fn = "commvq_cache_seq_save";
     check_seq(seq, fn);
     require(seqs_[seq].in_step(), COMMVQ_ERR_INVALID_STATE,
-            std::string(fn) + ": the layers of sequence " + str(seq) + " are out of step");
+            [&] { return std::string(fn) + ": the layers of sequence " + str(seq) + " are out of step"; });
     write_sequence_file(export_sequence(seq), path);
+}
+
+uint64_t Cache::max_sequence_file_bytes() const {
+    // Every layer at most full: all pool slots compressed, sinks and window
+    // uncompressed. These products are bounded by the memory the cache holds.
+    const uint64_t L = cb_.n_layers;
+    const uint64_t compressed = uint64_t(pool_.capacity()) * params_.block_tokens * layout_.token_bytes();
+    const uint64_t uncompressed = (uint64_t(params_.sink_tokens) + params_.window) * 2 * cb_.value_dim() *
+                                  dtype_size(params_.io_dtype);
+    return sequence_file_overhead_bytes(cb_.n_layers) + L * (compressed + uncompressed);
+}
+
+// The header's checks against this cache, in the order FORMATS.md lists
+// them; the blocks the sequence needs.
+uint64_t Cache::check_sequence_header(const SequenceImage& im, const std::string& path) const {
+    const char* fn = "commvq_cache_seq_load";
+    const auto in_file = [&] { return std::string(fn) + ": '" + path + "' "; };
+    require(im.fingerprint == cb_.fingerprint, COMMVQ_ERR_CODEBOOK_MISMATCH, [&] {
+        return in_file() + "was written under another codebook (fingerprint " + str(im.fingerprint) +
+               ", this cache's " + str(cb_.fingerprint) + ")";
+    });
+    require(im.n_layers == cb_.n_layers && im.n_kv_heads == cb_.n_kv_heads && im.head_dim == cb_.head_dim &&
+                im.token_bytes == layout_.token_bytes(),
+            COMMVQ_ERR_SHAPE_MISMATCH, [&] { return in_file() + "has a model shape other than this codebook's"; });
+    require(im.io_dtype == params_.io_dtype, COMMVQ_ERR_SHAPE_MISMATCH, [&] {
+        return in_file() + "holds " + dtype_name(im.io_dtype) + " tokens; this cache's io_dtype is " +
+               dtype_name(params_.io_dtype);
+    });
+    require(im.key_convention == params_.key_convention, COMMVQ_ERR_SHAPE_MISMATCH, [&] {
+        return in_file() + "holds keys of the other key convention (PRE_ROPE / POST_ROPE) than this cache";
+    });
+    require(im.sink_tokens == params_.sink_tokens, COMMVQ_ERR_SHAPE_MISMATCH, [&] {
+        return in_file() + "was saved with " + str(im.sink_tokens) + " sink tokens; this cache keeps " +
+               str(params_.sink_tokens);
+    });
+    const uint64_t S = params_.sink_tokens;
+    uint64_t max_compressed = 0;
+    for (uint32_t l = 0; l < im.n_layers; ++l) {
+        const uint64_t c = im.compressed[l];
+        require(c == 0 || im.length >= S + c, COMMVQ_ERR_CORRUPT,
+                [&] { return in_file() + "layer " + str(l) + ": compressed tokens overlap the sinks"; });
+        const uint64_t window = im.length - std::min(im.length, S) - c;
+        require(window <= params_.window, COMMVQ_ERR_CAPACITY, [&] {
+            return in_file() + "layer " + str(l) + " holds " + str(window) + " window tokens; this cache's window is " +
+                   str(params_.window);
+        });
+        max_compressed = std::max(max_compressed, c);
+    }
+    const uint64_t needed = blocks_for(max_compressed, params_.block_tokens);
+    require(needed <= pool_.free_count(), COMMVQ_ERR_CAPACITY, [&] {
+        return in_file() + "needs " + str(needed) + " blocks; " + str(pool_.free_count()) + " are free";
+    });
+    return needed;
 }
 
 void Cache::seq_load(uint32_t seq, const std::string& path) {
     const char* fn = "commvq_cache_seq_load";
     check_seq(seq, fn);
     Sequence& s = seqs_[seq];
-    require(s.frontier() == 0, COMMVQ_ERR_INVALID_STATE,
-            std::string(fn) + ": sequence " + str(seq) + " is not empty (" + str(s.frontier()) + " tokens)");
-    const SequenceImage im = read_sequence_file(path);
-    const std::string in_file = std::string(fn) + ": '" + path + "' ";
-    require(im.fingerprint == cb_.fingerprint, COMMVQ_ERR_CODEBOOK_MISMATCH,
-            in_file + "was written under another codebook (fingerprint " + str(im.fingerprint) + ", this cache's " +
-                str(cb_.fingerprint) + ")");
-    require(im.n_layers == cb_.n_layers && im.n_kv_heads == cb_.n_kv_heads && im.head_dim == cb_.head_dim &&
-                im.token_bytes == layout_.token_bytes(),
-            COMMVQ_ERR_SHAPE_MISMATCH, in_file + "has a model shape other than this codebook's");
-    require(im.io_dtype == params_.io_dtype, COMMVQ_ERR_SHAPE_MISMATCH,
-            in_file + "holds " + dtype_name(im.io_dtype) + " tokens; this cache's io_dtype is " +
-                dtype_name(params_.io_dtype));
-    require(im.key_convention == params_.key_convention, COMMVQ_ERR_SHAPE_MISMATCH,
-            in_file + "holds keys of the other key convention (PRE_ROPE / POST_ROPE) than this cache");
-    require(im.sink_tokens == params_.sink_tokens, COMMVQ_ERR_SHAPE_MISMATCH,
-            in_file + "was saved with " + str(im.sink_tokens) + " sink tokens; this cache keeps " +
-                str(params_.sink_tokens));
-    const uint64_t S = params_.sink_tokens;
-    uint64_t max_compressed = 0;
-    for (uint32_t l = 0; l < im.n_layers; ++l) {
-        const uint64_t c = im.compressed[l];
-        require(c == 0 || im.length >= S + c, COMMVQ_ERR_CORRUPT,
-                in_file + "layer " + str(l) + ": compressed tokens overlap the sinks");
-        const uint64_t window = im.length - std::min(im.length, S) - c;
-        require(window <= params_.window, COMMVQ_ERR_CAPACITY,
-                in_file + "layer " + str(l) + " holds " + str(window) + " window tokens; this cache's window is " +
-                    str(params_.window));
-        max_compressed = std::max(max_compressed, c);
+    require(s.frontier() == 0, COMMVQ_ERR_INVALID_STATE, [&] {
+        return std::string(fn) + ": sequence " + str(seq) + " is not empty (" + str(s.frontier()) + " tokens)";
+    });
+    const auto in_file = [&] { return std::string(fn) + ": '" + path + "' "; };
+    // The header is read and checked first. A file larger than any this
+    // cache could take is judged on its header alone (which must then fail
+    // a check: a header that fits the cache implies a file that fits) and
+    // its payload is never read.
+    SequenceFileReader file(path);
+    if (file.size() > max_sequence_file_bytes()) {
+        check_sequence_header(file.header(), path);
+        throw Error(COMMVQ_ERR_CAPACITY, in_file() + "holds " + str(file.size()) +
+                                             " bytes, more than any sequence this cache can take (" +
+                                             str(max_sequence_file_bytes()) + ")");
     }
-    const uint64_t needed = blocks_for(max_compressed, params_.block_tokens);
-    require(needed <= pool_.free_count(), COMMVQ_ERR_CAPACITY,
-            in_file + "needs " + str(needed) + " blocks; " + str(pool_.free_count()) + " are free");
-    // Codes index the codebook's tables, so they are checked like any input.
+    const SequenceImage im = file.read();
+    const uint64_t needed = check_sequence_header(im, path);
+    // Codes index the codebook's tables, so they are checked like any input;
+    // the uncompressed tokens obey the rule every input does (input_check.h).
     const uint32_t code_limit = cb_.sub_centers * cb_.sub_centers;
     std::vector<uint16_t> codes(size_t(cb_.n_kv_heads) * cb_.key_stages);
     std::vector<float> floats(layout_.n_key_scales + 1);  // the scales and the weight
+    // A scale is the norm of a key (token scales: all heads; head scales:
+    // one), so a key within the input rule has a scale of at most
+    // kMaxInputMagnitude * sqrt(elements); a larger one could only make
+    // attention overflow.
+    const uint32_t scaled = cb_.scale_mode == COMMVQ_SCALE_TOKEN ? cb_.value_dim() : cb_.head_dim;
+    const double max_scale = kMaxInputMagnitude * std::sqrt(double(scaled)) * (1 + 1e-6);
     for (uint32_t l = 0; l < im.n_layers; ++l) {
         for (uint64_t t = 0; t < im.compressed[l]; ++t) {
             const uint8_t* token = im.codes[l].data() + t * im.token_bytes;
             unpack_codes(token, codes.size(), cb_.code_bits(), codes.data());
             for (uint16_t c : codes)
-                require(c < code_limit, COMMVQ_ERR_CORRUPT, in_file + "holds a key code out of range");
+                require(c < code_limit, COMMVQ_ERR_CORRUPT, [&] { return in_file() + "holds a key code out of range"; });
             std::memcpy(floats.data(), token + layout_.key_code_bytes + layout_.value_code_bytes,
                         floats.size() * sizeof(float));  // packed tokens are not aligned
-            require(first_non_finite(floats.data(), COMMVQ_DTYPE_F32, floats.size()) == floats.size(),
-                    COMMVQ_ERR_CORRUPT, in_file + "holds a non-finite scale or weight");
+            for (float x : floats)
+                require(std::isfinite(x), COMMVQ_ERR_CORRUPT,
+                        [&] { return in_file() + "holds a non-finite scale or weight"; });
+            for (uint32_t i = 0; i < layout_.n_key_scales; ++i)
+                require(floats[i] >= 0 && floats[i] <= max_scale, COMMVQ_ERR_CORRUPT,
+                        [&] { return in_file() + "holds a key scale no key within the input rule can have"; });
         }
         const size_t n = im.keys[l].size() / dtype_size(im.io_dtype);
-        require(first_non_finite(im.keys[l].data(), im.io_dtype, n) == n &&
-                    first_non_finite(im.values[l].data(), im.io_dtype, n) == n,
-                COMMVQ_ERR_CORRUPT, in_file + "holds a non-finite key or value");
+        require(first_bad_input(im.keys[l].data(), im.io_dtype, n) == n &&
+                    first_bad_input(im.values[l].data(), im.io_dtype, n) == n,
+                COMMVQ_ERR_CORRUPT,
+                [&] { return in_file() + "holds a key or value that is not finite or beyond the input bound"; });
     }
 
+    // Everything is checked: taking free blocks (the table has room for the
+    // whole pool) and copying the tokens in cannot fail.
     while (s.blocks.size() < needed) s.blocks.push_back(pool_.allocate());
     const size_t half = size_t(cb_.value_dim()) * dtype_size(params_.io_dtype);
     for (uint32_t l = 0; l < im.n_layers; ++l) {

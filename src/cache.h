@@ -39,6 +39,13 @@ public:
     void seq_save(uint32_t seq, const std::string& path) const;
     void seq_load(uint32_t seq, const std::string& path);
 
+    // Checks the bookkeeping against itself: every block table as long as
+    // its sequence's compressed tokens need, every layer state possible,
+    // reference counts equal to the number of tables holding each block,
+    // the free list exactly the unreferenced blocks. COMMVQ_ERR_INTERNAL
+    // naming the first disagreement. For tests; allocates.
+    void check_integrity() const;
+
     void set_stream(void* stream);
     void synchronize();
 
@@ -59,8 +66,12 @@ private:
     uint64_t blocks_needed(const Sequence& s, uint64_t compressed_before,
                            uint64_t compressed_after) const;
     void make_writable(Sequence& s, uint64_t compressed_before, uint64_t compressed_after);
-    void trim_blocks(Sequence& s);
+    void trim_blocks(Sequence& s, uint64_t keep);
     SequenceImage export_sequence(uint32_t seq) const;
+    // The largest sequence file this cache could take: seq_load reads no
+    // further than this.
+    uint64_t max_sequence_file_bytes() const;
+    uint64_t check_sequence_header(const SequenceImage& im, const std::string& path) const;
 
     commvq_cache_params_t params_;  // resolved: no 0 meaning "default" left
     Codebook cb_;  // the cache's own copy; the back end refers to it
@@ -68,6 +79,9 @@ private:
     BlockPool pool_;
     std::vector<Sequence> seqs_;
     std::unique_ptr<Backend> backend_;
+    // Scratch of attend and attend_batch, grown to the largest call.
+    std::vector<AttendRow> rows_;
+    std::vector<LayerView> views_;
 };
 
 }  // namespace commvq

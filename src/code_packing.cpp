@@ -11,7 +11,7 @@ namespace {
 
 void require_width(uint32_t bits_per_code) {
     require(bits_per_code >= 1 && bits_per_code <= 16, COMMVQ_ERR_INTERNAL,
-            "code width " + std::to_string(bits_per_code) + " outside 1..16");
+            [&] { return "code width " + std::to_string(bits_per_code) + " outside 1..16"; });
 }
 
 }  // namespace

@@ -33,7 +33,8 @@ CpuBackend::CpuBackend(const Codebook& cb, const BackendConfig& config)
         key_encoders_.emplace_back(cb, l);
         value_encoders_.emplace_back(cb, l);
     }
-    encode_scratch_.resize(pool_.size());
+    encode_scratch_.reserve(pool_.size());
+    for (unsigned t = 0; t < pool_.size(); ++t) encode_scratch_.push_back(EncodeScratch{{}, {}, {}, {}, {}, KeyEncoder::Scratch(cb)});
     // Each scratch holds one work item of kEncodeBatch tokens; encoder has
     // the value encoder's scratch, then each token's key scales, weight and
     // value code bits.
@@ -95,7 +96,7 @@ void CpuBackend::append(uint32_t layer, const LayerView& before, const LayerView
             }
             to_float(vp, config_.io_dtype, D, s.value.data() + size_t(t) * D);
         }
-        key_encoders_[layer].encode_tile(n, s.key.data(), D, s.codes.data(), n_codes, scales, n_scales);
+        key_encoders_[layer].encode_tile(n, s.key.data(), D, s.codes.data(), n_codes, scales, n_scales, s.keys);
         value_encoders_[layer].encode_tile(n, s.value.data(), D, value_bits, value_bytes, weights, 1,
                                              value_scratch);
         for (uint32_t t = 0; t < n; ++t) {
@@ -121,6 +122,9 @@ void CpuBackend::copy_block(uint32_t src, uint32_t dst) {
 }
 
 void CpuBackend::copy_uncompressed(uint32_t src, uint32_t dst) {
+    // Without sinks and window a sequence has no slots (and the storage no
+    // buffer): memcpy of null pointers is undefined even for 0 bytes.
+    if (storage_.sequence_bytes() == 0) return;
     std::memcpy(storage_.sequence_slots(dst), storage_.sequence_slots(src), storage_.sequence_bytes());
 }
 

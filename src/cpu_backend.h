@@ -46,6 +46,7 @@ private:
         std::vector<float> token;  // [D] model layout
         std::vector<uint16_t> codes;  // [n_kv_heads * key_stages]
         std::vector<float> encoder;   // ValueEncoder scratch
+        KeyEncoder::Scratch keys;
     };
 
     const Codebook& cb_;

@@ -127,25 +127,10 @@ void exact_alpha_beta(bool beta, uint32_t P, const double* t, const float* cente
 
 }  // namespace
 
-// Working memory of one tile of tokens.
-struct KeyEncoder::Work {
-    uint32_t d, C;
-    std::vector<double> scale;                  // [kTile][Hkv] each token's scale of each head
-    std::vector<double> residual;               // t, [kTile][d]
-    std::vector<float> t;                       // t in float, [kTile][d]
-    std::vector<double> t_norm2;                // ||t||^2, [kTile]
-    std::vector<float> alpha_f, beta_f;         // float pass, [kTile][C]
-    std::vector<float> row_min;                 // float pass, [C]
-    std::vector<double> alpha, beta;            // float64 alpha_A, beta_B of the candidates, [C]
-    std::vector<uint32_t> candidates;           // codes A * C + B within the float bound, increasing, [C*C]
-    std::vector<uint8_t> need_a, need_b;        // whether a candidate has A = a / B = b, [C]
-    std::vector<uint32_t> list_a, list_b;       // those a / b, [C]
-    std::vector<uint32_t> code;                 // the stage's codes, [kTile]
-    Work(uint32_t H, uint32_t d_, uint32_t C_)
-        : d(d_), C(C_), scale(size_t(kTile) * H), residual(size_t(kTile) * d), t(size_t(kTile) * d),
-          t_norm2(kTile), alpha_f(size_t(kTile) * C), beta_f(size_t(kTile) * C), row_min(C), alpha(C), beta(C),
-          candidates(size_t(C) * C), need_a(C), need_b(C), list_a(C), list_b(C), code(kTile) {}
-};
+KeyEncoder::Scratch::Scratch(const Codebook& cb)
+    : d(cb.head_dim), C(cb.sub_centers), scale(size_t(kTile) * cb.n_kv_heads), residual(size_t(kTile) * d),
+      t(size_t(kTile) * d), t_norm2(kTile), alpha_f(size_t(kTile) * C), beta_f(size_t(kTile) * C), row_min(C),
+      alpha(C), beta(C), candidates(size_t(C) * C), need_a(C), need_b(C), list_a(C), list_b(C), code(kTile) {}
 
 KeyEncoder::KeyEncoder(const Codebook& cb, uint32_t layer) : cb_(cb), layer_(layer) {
     require(layer < cb.n_layers, COMMVQ_ERR_OUT_OF_RANGE,
@@ -188,7 +173,7 @@ KeyEncoder::KeyEncoder(const Codebook& cb, uint32_t layer) : cb_(cb), layer_(lay
 
 // The float pass of a stage for tokens 0..m-1 of the tile, then each
 // token's exact search among its candidates.
-void KeyEncoder::search_stage(uint32_t head, uint32_t stage, uint32_t m, Work& w) const {
+void KeyEncoder::search_stage(uint32_t head, uint32_t stage, uint32_t m, Scratch& w) const {
     const uint32_t C = cb_.sub_centers, d = cb_.head_dim;
     const size_t hr = size_t(head) * cb_.key_stages + stage;
     for (uint32_t i = 0; i < m; ++i) {
@@ -223,7 +208,7 @@ void KeyEncoder::search_stage(uint32_t head, uint32_t stage, uint32_t m, Work& w
 
 // ||t - c_{A,B}||^2 = ||t||^2 + alpha_A + beta_B + gamma_{A,B} (docs/METHOD.md),
 // for token i of the tile, whose float alpha and beta are computed.
-uint32_t KeyEncoder::best_code(uint32_t head, uint32_t stage, uint32_t i, Work& w) const {
+uint32_t KeyEncoder::best_code(uint32_t head, uint32_t stage, uint32_t i, Scratch& w) const {
     const uint32_t C = cb_.sub_centers, d = cb_.head_dim;
     const size_t hr = size_t(head) * cb_.key_stages + stage;
     const double* t = w.residual.data() + size_t(i) * d;
@@ -310,16 +295,16 @@ uint32_t KeyEncoder::best_code(uint32_t head, uint32_t stage, uint32_t i, Work& 
 }
 
 void KeyEncoder::encode(const float* k, uint16_t* codes, float* scales) const {
-    encode_tile(1, k, 0, codes, 0, scales, 0);
+    Scratch scratch(cb_);
+    encode_tile(1, k, 0, codes, 0, scales, 0, scratch);
 }
 
 // A zero key (scale 0) is encoded as t = 0: its codes name the centers
 // nearest the origin, its scale is 0, and it decodes to exactly zero.
 // Non-finite input gives a non-finite scale (codes stay in range).
 void KeyEncoder::encode_tile(uint32_t n, const float* k, size_t k_stride, uint16_t* codes, size_t codes_stride,
-                             float* scales, size_t scales_stride) const {
+                             float* scales, size_t scales_stride, Scratch& w) const {
     const uint32_t H = cb_.n_kv_heads, d = cb_.head_dim, R = cb_.key_stages, C = cb_.sub_centers;
-    Work w(H, d, C);
     auto norm_of = [d](const float* x, uint32_t n_heads) {
         double s = 0;
         for (size_t i = 0; i < size_t(n_heads) * d; ++i) s += double(x[i]) * x[i];

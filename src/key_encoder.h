@@ -20,13 +20,32 @@ public:
     // scales [cb.n_key_scales()].
     void encode(const float* k, uint16_t* codes, float* scales) const;
 
+    // Working memory of encode_tile for one tile of tokens. The caller
+    // keeps it (the cache makes one per thread at creation), so encoding
+    // allocates nothing and cannot fail once the cache exists.
+    static constexpr uint32_t kTile = 8;
+    struct Scratch {
+        explicit Scratch(const Codebook& cb);
+        uint32_t d, C;
+        std::vector<double> scale;                  // [kTile][Hkv] each token's scale of each head
+        std::vector<double> residual;               // t, [kTile][d]
+        std::vector<float> t;                       // t in float, [kTile][d]
+        std::vector<double> t_norm2;                // ||t||^2, [kTile]
+        std::vector<float> alpha_f, beta_f;         // float pass, [kTile][C]
+        std::vector<float> row_min;                 // float pass, [C]
+        std::vector<double> alpha, beta;            // float64 alpha_A, beta_B of the candidates, [C]
+        std::vector<uint32_t> candidates;           // codes A * C + B within the float bound, increasing, [C*C]
+        std::vector<uint8_t> need_a, need_b;        // whether a candidate has A = a / B = b, [C]
+        std::vector<uint32_t> list_a, list_b;       // those a / b, [C]
+        std::vector<uint32_t> code;                 // the stage's codes, [kTile]
+    };
+
     // The same for n tokens (bit-identical to n calls of encode): token t
     // reads k + t * k_stride and writes codes + t * codes_stride and
     // scales + t * scales_stride. Each stage searches kTile tokens at once,
     // so its sub-centers are read once per tile.
-    static constexpr uint32_t kTile = 8;
     void encode_tile(uint32_t n, const float* k, size_t k_stride, uint16_t* codes, size_t codes_stride,
-                     float* scales, size_t scales_stride) const;
+                     float* scales, size_t scales_stride, Scratch& scratch) const;
 
     // The decoded pre-RoPE key of one head without its scale, canonical
     // layout: sum over stages of z_A + i z_B.
@@ -36,11 +55,10 @@ public:
     // codebook): build one encoder per layer and reuse it.
 
 private:
-    struct Work;
     // For tokens 0..m-1 of the tile (residuals in work), the code A * C + B of
     // the stage that minimizes ||t - (z_A + i z_B)||^2, ties to the lower code.
-    void search_stage(uint32_t head, uint32_t stage, uint32_t m, Work& work) const;
-    uint32_t best_code(uint32_t head, uint32_t stage, uint32_t token, Work& work) const;
+    void search_stage(uint32_t head, uint32_t stage, uint32_t m, Scratch& work) const;
+    uint32_t best_code(uint32_t head, uint32_t stage, uint32_t token, Scratch& work) const;
 
     const Codebook& cb_;
     uint32_t layer_;

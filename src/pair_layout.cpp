@@ -19,7 +19,7 @@ const float* unaliased(const float* x, uint32_t head_dim, const float* out, std:
 
 void require_layout(int32_t pair_layout) {
     require(pair_layout == COMMVQ_PAIRS_ROTATE_HALF || pair_layout == COMMVQ_PAIRS_INTERLEAVED,
-            COMMVQ_ERR_INVALID_ARGUMENT, "unknown pair layout " + std::to_string(pair_layout));
+            COMMVQ_ERR_INVALID_ARGUMENT, [&] { return "unknown pair layout " + std::to_string(pair_layout); });
 }
 
 }  // namespace

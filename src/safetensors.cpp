@@ -3,13 +3,13 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
 
 #include <nlohmann/json.hpp>
 
 #include "dtype.h"
 #include "error.h"
+#include "file_io.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; this reader copies it as is"
@@ -47,37 +47,30 @@ uint64_t read_u64_le(const uint8_t* p) {
     return v;
 }
 
-uint64_t json_u64(const nlohmann::json& j, const std::string& what) {
-    if (!j.is_number_unsigned() && !(j.is_number_integer() && j.get<int64_t>() >= 0))
-        format_error(what + " is not a non-negative integer");
-    return j.get<uint64_t>();
-}
+// The fields of one tensor entry as the header gives them.
+struct Entry {
+    std::string dtype;
+    std::vector<uint64_t> shape, offsets;
+    bool has_dtype = false, has_shape = false, has_offsets = false;
+};
 
-TensorView parse_entry(const std::string& name, const nlohmann::json& entry, const uint8_t* data,
-                       uint64_t data_size) {
-    if (!entry.is_object()) format_error("entry of tensor '" + name + "' is not an object");
-    for (const char* key : {"dtype", "shape", "data_offsets"})
-        if (!entry.contains(key)) format_error("tensor '" + name + "' has no " + key);
-    if (!entry["dtype"].is_string()) format_error("dtype of tensor '" + name + "' is not a string");
+TensorView make_view(const std::string& name, Entry& entry, const uint8_t* data, uint64_t data_size) {
+    for (auto [present, field] : {std::pair<bool, const char*>{entry.has_dtype, "dtype"},
+                                  {entry.has_shape, "shape"},
+                                  {entry.has_offsets, "data_offsets"}})
+        if (!present) format_error("tensor '" + name + "' has no " + field);
     TensorView view;
-    view.dtype = entry["dtype"].get<std::string>();
+    view.dtype = std::move(entry.dtype);
     const size_t esize = element_size(view.dtype);
     if (esize == 0) format_error("tensor '" + name + "' has unknown dtype '" + view.dtype + "'");
-    const auto& shape = entry["shape"];
-    if (!shape.is_array()) format_error("shape of tensor '" + name + "' is not an array");
+    view.shape = std::move(entry.shape);
     uint64_t numel = 1;
     bool overflow = false;
-    for (const auto& dim : shape) {
-        const uint64_t n = json_u64(dim, "a dimension of tensor '" + name + "'");
-        view.shape.push_back(n);
+    for (uint64_t n : view.shape) {
         if (n != 0 && numel > std::numeric_limits<uint64_t>::max() / n) overflow = true;
         numel *= n;
     }
-    const auto& offsets = entry["data_offsets"];
-    if (!offsets.is_array() || offsets.size() != 2)
-        format_error("data_offsets of tensor '" + name + "' is not [begin, end]");
-    const uint64_t begin = json_u64(offsets[0], "data_offsets of '" + name + "'");
-    const uint64_t end = json_u64(offsets[1], "data_offsets of '" + name + "'");
+    const uint64_t begin = entry.offsets[0], end = entry.offsets[1];
     if (begin > end) corrupt("tensor '" + name + "' has data_offsets with begin > end");
     if (end > data_size)
         corrupt("tensor '" + name + "' ends at byte " + std::to_string(end) + " of a data region of " +
@@ -89,6 +82,154 @@ TensorView parse_entry(const std::string& name, const nlohmann::json& entry, con
     view.bytes = size_t(end - begin);
     return view;
 }
+
+// Reads the header as a stream of JSON events straight into a File: no
+// JSON document is ever built. (A document's destructor allocates, inside a
+// noexcept destructor: out of memory while one is unwound would end the
+// process.) The shape the header must have:
+//   { "__metadata__": { key: string, ... },
+//     name: { "dtype": string, "shape": [uint, ...], "data_offsets": [uint, uint], other: any }, ... }
+// A key given twice is refused (a reader must not pick one silently).
+class HeaderReader {
+public:
+    HeaderReader(const uint8_t* payload, uint64_t payload_size, File& file)
+        : payload_(payload), payload_size_(payload_size), file_(file) {}
+
+    using number_integer_t = nlohmann::json::number_integer_t;
+    using number_unsigned_t = nlohmann::json::number_unsigned_t;
+    using number_float_t = nlohmann::json::number_float_t;
+    using string_t = nlohmann::json::string_t;
+    using binary_t = nlohmann::json::binary_t;
+
+    bool null() { return value(Kind::other); }
+    bool boolean(bool) { return value(Kind::other); }
+    bool number_integer(number_integer_t) { return value(Kind::other); }  // negative: the parser reports others as unsigned
+    bool number_unsigned(number_unsigned_t x) { return value(Kind::unsigned_integer, x); }
+    bool number_float(number_float_t, const string_t&) { return value(Kind::other); }
+    bool string(string_t& s) { return value(Kind::string, 0, &s); }
+    bool binary(binary_t&) { return value(Kind::other); }
+    bool start_object(size_t) { return value(Kind::container); }
+    bool start_array(size_t) { return value(Kind::array); }
+    bool end_object() { return close(); }
+    bool end_array() { return close(); }
+    bool key(string_t& k) {
+        if (skip_ == 0) (mode_ == Mode::root ? name_ : field_) = std::move(k);
+        return true;
+    }
+    bool parse_error(size_t, const std::string&, const nlohmann::detail::exception&) { return false; }
+
+private:
+    enum class Kind { other, unsigned_integer, string, container, array };
+    enum class Mode { start, root, metadata, entry, shape, offsets, done };
+
+    bool value(Kind kind, uint64_t number = 0, std::string* text = nullptr) {
+        const bool opens = kind == Kind::container || kind == Kind::array;
+        if (skip_ > 0) {  // inside a field this reader does not use
+            skip_ += opens;
+            return true;
+        }
+        switch (mode_) {
+        case Mode::start:
+            if (kind != Kind::container) format_error("header is not a JSON object");
+            mode_ = Mode::root;
+            return true;
+        case Mode::root:
+            if (name_ == "__metadata__") {
+                if (kind != Kind::container) format_error("__metadata__ is not an object");
+                if (seen_metadata_) format_error("__metadata__ is given twice");
+                seen_metadata_ = true;
+                mode_ = Mode::metadata;
+                return true;
+            }
+            if (kind != Kind::container) format_error("entry of tensor '" + name_ + "' is not an object");
+            if (file_.tensors.count(name_)) format_error("tensor '" + name_ + "' is given twice");
+            entry_ = Entry{};
+            mode_ = Mode::entry;
+            return true;
+        case Mode::metadata:
+            if (kind != Kind::string) format_error("metadata '" + field_ + "' is not a string");
+            if (!file_.metadata.emplace(field_, std::move(*text)).second)
+                format_error("metadata '" + field_ + "' is given twice");
+            return true;
+        case Mode::entry:
+            return entry_field(kind, text);
+        case Mode::shape:
+            if (kind != Kind::unsigned_integer)
+                format_error("a dimension of tensor '" + name_ + "' is not a non-negative integer");
+            entry_.shape.push_back(number);
+            return true;
+        case Mode::offsets:
+            if (kind != Kind::unsigned_integer || entry_.offsets.size() == 2)
+                format_error("data_offsets of tensor '" + name_ + "' is not [begin, end] of non-negative integers");
+            entry_.offsets.push_back(number);
+            return true;
+        case Mode::done:
+            break;
+        }
+        format_error("header has data after its object");
+    }
+
+    bool entry_field(Kind kind, std::string* text) {
+        const auto once = [&](bool& seen) {
+            if (seen) format_error("tensor '" + name_ + "' gives '" + field_ + "' twice");
+            seen = true;
+        };
+        if (field_ == "dtype") {
+            once(entry_.has_dtype);
+            if (kind != Kind::string) format_error("dtype of tensor '" + name_ + "' is not a string");
+            entry_.dtype = std::move(*text);
+        } else if (field_ == "shape") {
+            once(entry_.has_shape);
+            if (kind != Kind::array) format_error("shape of tensor '" + name_ + "' is not an array");
+            mode_ = Mode::shape;
+        } else if (field_ == "data_offsets") {
+            once(entry_.has_offsets);
+            if (kind != Kind::array)
+                format_error("data_offsets of tensor '" + name_ + "' is not [begin, end] of non-negative integers");
+            mode_ = Mode::offsets;
+        } else if (kind == Kind::container || kind == Kind::array) {
+            skip_ = 1;
+        }
+        return true;
+    }
+
+    bool close() {
+        if (skip_ > 0) {
+            --skip_;
+            return true;
+        }
+        switch (mode_) {
+        case Mode::shape:
+            mode_ = Mode::entry;
+            break;
+        case Mode::offsets:
+            if (entry_.offsets.size() != 2)
+                format_error("data_offsets of tensor '" + name_ + "' is not [begin, end] of non-negative integers");
+            mode_ = Mode::entry;
+            break;
+        case Mode::entry:
+            file_.tensors.emplace(name_, make_view(name_, entry_, payload_, payload_size_));
+            mode_ = Mode::root;
+            break;
+        case Mode::metadata:
+            mode_ = Mode::root;
+            break;
+        default:
+            mode_ = Mode::done;
+        }
+        return true;
+    }
+
+    const uint8_t* payload_;
+    uint64_t payload_size_;
+    File& file_;
+    Mode mode_ = Mode::start;
+    unsigned long long skip_ = 0;  // depth inside an unused field's value
+    bool seen_metadata_ = false;
+    std::string name_;   // the current root key: a tensor name or __metadata__
+    std::string field_;  // the current key inside it
+    Entry entry_;
+};
 
 }  // namespace
 
@@ -131,28 +272,14 @@ File parse(const void* data, size_t size) {
         corrupt("header length " + std::to_string(header_len) + " runs past the end of a " +
                 std::to_string(size) + "-byte file (truncated, or not a safetensors file)");
     if (header_len > kMaxHeaderBytes) format_error("header length " + std::to_string(header_len) + " is too large");
-    const char* header = reinterpret_cast<const char*>(bytes + 8);
-    nlohmann::json j = nlohmann::json::parse(header, header + header_len, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded()) format_error("header is not valid JSON");
-    if (!j.is_object()) format_error("header is not a JSON object");
-
+    const uint8_t* header = bytes + 8;
     File file;
     const uint8_t* payload = bytes + 8 + header_len;
-    const uint64_t payload_size = size - 8 - header_len;
+    HeaderReader reader(payload, size - 8 - header_len, file);
+    if (!nlohmann::json::sax_parse(header, header + header_len, &reader)) format_error("header is not valid JSON");
     std::vector<std::pair<uint64_t, std::string>> extents;  // (begin, name), for the overlap check
-    for (auto it = j.begin(); it != j.end(); ++it) {
-        if (it.key() == "__metadata__") {
-            if (!it.value().is_object()) format_error("__metadata__ is not an object");
-            for (auto m = it.value().begin(); m != it.value().end(); ++m) {
-                if (!m.value().is_string()) format_error("metadata '" + m.key() + "' is not a string");
-                file.metadata[m.key()] = m.value().get<std::string>();
-            }
-            continue;
-        }
-        TensorView view = parse_entry(it.key(), it.value(), payload, payload_size);
-        if (view.bytes > 0) extents.emplace_back(uint64_t(view.data - payload), it.key());
-        file.tensors.emplace(it.key(), std::move(view));
-    }
+    for (const auto& [name, view] : file.tensors)
+        if (view.bytes > 0) extents.emplace_back(uint64_t(view.data - payload), name);
     std::sort(extents.begin(), extents.end());
     for (size_t i = 1; i < extents.size(); ++i) {
         const TensorView& prev = file.tensors.at(extents[i - 1].second);
@@ -163,35 +290,16 @@ File parse(const void* data, size_t size) {
 }
 
 std::vector<uint8_t> read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(COMMVQ_ERR_IO, "cannot open '" + path + "' for reading");
-    in.seekg(0, std::ios::end);
-    const std::streamoff size = in.tellg();
-    if (size < 0) throw Error(COMMVQ_ERR_IO, "cannot determine the size of '" + path + "'");
-    in.seekg(0, std::ios::beg);
-    std::vector<uint8_t> bytes(static_cast<size_t>(size));
-    if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size))
-        throw Error(COMMVQ_ERR_IO, "cannot read '" + path + "'");
+    InputFile file(path);
+    require(file.size() <= std::numeric_limits<size_t>::max(), COMMVQ_ERR_OUT_OF_MEMORY,
+            [&] { return "'" + path + "' is larger than this machine can address"; });
+    std::vector<uint8_t> bytes(size_t(file.size()));
+    file.read(bytes.data(), bytes.size());
     return bytes;
 }
 
 void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out) throw Error(COMMVQ_ERR_IO, "cannot open '" + tmp + "' for writing");
-        out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-        out.flush();
-        if (!out) {
-            out.close();
-            std::remove(tmp.c_str());
-            throw Error(COMMVQ_ERR_IO, "cannot write '" + tmp + "'");
-        }
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        std::remove(tmp.c_str());
-        throw Error(COMMVQ_ERR_IO, "cannot rename '" + tmp + "' to '" + path + "'");
-    }
+    write_file_atomically(path, bytes.data(), bytes.size());
 }
 
 void Writer::set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
@@ -234,17 +342,62 @@ void Writer::add_bytes(const std::string& name, const std::string& dtype, const 
     add(name, dtype, shape, std::move(bytes));
 }
 
+namespace {
+
+// JSON text of a string, escaped as JSON requires (and as nlohmann's dump
+// writes it, so files keep their bytes); the text is UTF-8 already.
+void append_json_string(std::string& out, const std::string& s) {
+    out += '"';
+    for (unsigned char c : s) {
+        switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\b': out += "\\b"; break;
+        case '\f': out += "\\f"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default:
+            if (c < 0x20) {
+                char escaped[8];
+                std::snprintf(escaped, sizeof escaped, "\\u%04x", c);
+                out += escaped;
+            } else {
+                out += char(c);
+            }
+        }
+    }
+    out += '"';
+}
+
+}  // namespace
+
+// The header is written as text directly: a JSON document would allocate in
+// its destructor, inside a noexcept destructor (see HeaderReader).
 std::vector<uint8_t> Writer::serialize() const {
-    nlohmann::ordered_json header = nlohmann::ordered_json::object();
-    if (!metadata_.empty()) header["__metadata__"] = metadata_;
+    std::string text = "{";
+    if (!metadata_.empty()) {
+        text += "\"__metadata__\":{";
+        for (auto it = metadata_.begin(); it != metadata_.end(); ++it) {
+            if (it != metadata_.begin()) text += ',';
+            append_json_string(text, it->first);
+            text += ':';
+            append_json_string(text, it->second);
+        }
+        text += '}';
+    }
     uint64_t offset = 0;
     for (const Entry& e : entries_) {
-        header[e.name] = {{"dtype", e.dtype},
-                          {"shape", e.shape},
-                          {"data_offsets", {offset, offset + e.bytes.size()}}};
+        if (text.size() > 1) text += ',';
+        append_json_string(text, e.name);
+        text += ":{\"dtype\":";
+        append_json_string(text, e.dtype);
+        text += ",\"shape\":[";
+        for (size_t i = 0; i < e.shape.size(); ++i) text += (i ? "," : "") + std::to_string(e.shape[i]);
+        text += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + e.bytes.size()) + "]}";
         offset += e.bytes.size();
     }
-    std::string text = header.dump();
+    text += '}';
     text.append((8 - text.size() % 8) % 8, ' ');
     std::vector<uint8_t> out(8 + text.size() + offset);
     for (int i = 0; i < 8; ++i) out[i] = uint8_t(uint64_t(text.size()) >> (8 * i));

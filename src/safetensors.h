@@ -43,10 +43,12 @@ struct File {
 // disagrees with dtype and shape throw Error(COMMVQ_ERR_FORMAT).
 File parse(const void* data, size_t size);
 
-// Reads a whole file into memory; Error(COMMVQ_ERR_IO) if it cannot.
+// Reads a whole regular file into memory; Error(COMMVQ_ERR_IO) naming it if
+// it cannot, or if it is a directory, a FIFO or a device (file_io.h).
 std::vector<uint8_t> read_file(const std::string& path);
-// Writes bytes to path (through a temporary name, then renamed, so a failed
-// write never leaves a half-written file under the final name).
+// Writes bytes to path through a temporary name of its own, then renamed
+// (file_io.h): a failed write never leaves a half-written file under the
+// final name, and concurrent writers of one path do not collide.
 void write_file(const std::string& path, const std::vector<uint8_t>& bytes);
 
 // Builds a file: tensors are laid out in the order they are added, and the

@@ -1,13 +1,11 @@
 #include "seq_file.h"
 
-#include <cerrno>
-#include <cstdio>
+#include <algorithm>
 #include <cstring>
-#include <functional>
-#include <thread>
 
 #include "dtype.h"
 #include "error.h"
+#include "file_io.h"
 
 namespace commvq {
 namespace {
@@ -104,17 +102,25 @@ std::vector<uint8_t> serialize_sequence(const SequenceImage& image) {
     return out;
 }
 
-SequenceImage parse_sequence(const uint8_t* data, size_t size) {
-    require(size >= sizeof kSeqFileMagic && std::memcmp(data, kSeqFileMagic, sizeof kSeqFileMagic) == 0,
+namespace {
+
+// The header of a file of `size` bytes, of which the first n are at data (n
+// is at least the header's length, or all of a shorter file): every field
+// checked and the size it implies equal to `size`. Leaves codes, keys and
+// values empty.
+SequenceImage parse_header(const uint8_t* data, size_t n, uint64_t size) {
+    require(n >= sizeof kSeqFileMagic && std::memcmp(data, kSeqFileMagic, sizeof kSeqFileMagic) == 0,
             COMMVQ_ERR_FORMAT, "not a commvq sequence file (bad magic)");
-    require(size >= kFixedHeaderBytes + kChecksumBytes, COMMVQ_ERR_CORRUPT,
-            "sequence file truncated: " + std::to_string(size) + " bytes, shorter than its header");
-    Reader r(data, size);
+    require(size >= kFixedHeaderBytes + kChecksumBytes, COMMVQ_ERR_CORRUPT, [&] {
+        return "sequence file truncated: " + std::to_string(size) + " bytes, shorter than its header";
+    });
+    Reader r(data, n);
     r.bytes(sizeof kSeqFileMagic);
     const uint32_t version = r.u32();
-    require(version == kSeqFileVersion, COMMVQ_ERR_FORMAT,
-            "sequence file format version " + std::to_string(version) + " is not supported (this library reads version " +
-                std::to_string(kSeqFileVersion) + ")");
+    require(version == kSeqFileVersion, COMMVQ_ERR_FORMAT, [&] {
+        return "sequence file format version " + std::to_string(version) +
+               " is not supported (this library reads version " + std::to_string(kSeqFileVersion) + ")";
+    });
     SequenceImage im;
     im.n_layers = r.u32();
     im.fingerprint = r.u64();
@@ -125,11 +131,12 @@ SequenceImage parse_sequence(const uint8_t* data, size_t size) {
     im.sink_tokens = r.u32();
     im.token_bytes = r.u32();
     im.length = r.u64();
-    require(im.n_layers <= kMaxLayers, COMMVQ_ERR_CORRUPT,
-            "sequence file header claims " + std::to_string(im.n_layers) + " layers (corrupt header)");
-    const uint64_t header = kFixedHeaderBytes + 8ull * im.n_layers;
-    require(size >= header + kChecksumBytes, COMMVQ_ERR_CORRUPT,
-            "sequence file truncated: " + std::to_string(size) + " bytes, shorter than its header");
+    require(im.n_layers <= kMaxLayers, COMMVQ_ERR_CORRUPT, [&] {
+        return "sequence file header claims " + std::to_string(im.n_layers) + " layers (corrupt header)";
+    });
+    require(size >= sequence_file_overhead_bytes(im.n_layers), COMMVQ_ERR_CORRUPT, [&] {
+        return "sequence file truncated: " + std::to_string(size) + " bytes, shorter than its header";
+    });
     require(dtype_valid(im.io_dtype), COMMVQ_ERR_CORRUPT, "sequence file: unknown element type (corrupt header)");
     im.compressed.resize(im.n_layers);
     for (uint32_t l = 0; l < im.n_layers; ++l) im.compressed[l] = r.u64();
@@ -137,21 +144,41 @@ SequenceImage parse_sequence(const uint8_t* data, size_t size) {
     // The size the header implies, computed without overflow.
     const uint64_t token_elements = mul_add(im.n_kv_heads, im.head_dim, 0);
     const uint64_t uncompressed_token_bytes = mul_add(token_elements, 2 * dtype_size(im.io_dtype), 0);
-    uint64_t expected = header + kChecksumBytes;
+    uint64_t expected = sequence_file_overhead_bytes(im.n_layers);
     for (uint32_t l = 0; l < im.n_layers; ++l) {
-        require(im.compressed[l] <= im.length, COMMVQ_ERR_CORRUPT,
-                "sequence file: layer " + std::to_string(l) + " has more compressed tokens than tokens (corrupt header)");
+        require(im.compressed[l] <= im.length, COMMVQ_ERR_CORRUPT, [&] {
+            return "sequence file: layer " + std::to_string(l) +
+                   " has more compressed tokens than tokens (corrupt header)";
+        });
         expected = mul_add(im.compressed[l], im.token_bytes, expected);
         expected = mul_add(im.length - im.compressed[l], uncompressed_token_bytes, expected);
     }
-    require(size == expected, COMMVQ_ERR_CORRUPT,
-            "sequence file truncated or damaged: " + std::to_string(size) + " bytes, its header says " +
-                std::to_string(expected));
+    require(size == expected, COMMVQ_ERR_CORRUPT, [&] {
+        return "sequence file truncated or damaged: " + std::to_string(size) + " bytes, its header says " +
+               std::to_string(expected);
+    });
+    return im;
+}
+
+}  // namespace
+
+uint64_t sequence_file_overhead_bytes(uint32_t n_layers) {
+    return kFixedHeaderBytes + 8ull * n_layers + kChecksumBytes;
+}
+
+SequenceImage parse_sequence(const uint8_t* data, size_t size) {
+    SequenceImage im = parse_header(data, size, size);
     uint64_t stored = 0;
     for (int i = 0; i < 8; ++i) stored |= uint64_t(data[size - 8 + i]) << (8 * i);
+#ifndef COMMVQ_FUZZING
     require(stored == fnv1a64(data, size - kChecksumBytes), COMMVQ_ERR_CORRUPT,
             "sequence file checksum mismatch: the file is corrupted");
+#else
+    (void)stored;  // fuzzing builds (COMMVQ_FUZZ): mutated files reach the checks below
+#endif
 
+    Reader r(data, size);
+    r.bytes(sequence_file_overhead_bytes(im.n_layers) - kChecksumBytes);
     im.codes.resize(im.n_layers);
     for (uint32_t l = 0; l < im.n_layers; ++l) {
         const size_t n = size_t(im.compressed[l]) * im.token_bytes;
@@ -160,7 +187,7 @@ SequenceImage parse_sequence(const uint8_t* data, size_t size) {
     }
     im.keys.resize(im.n_layers);
     im.values.resize(im.n_layers);
-    const size_t half = size_t(uncompressed_token_bytes / 2);
+    const size_t half = size_t(im.n_kv_heads) * im.head_dim * dtype_size(im.io_dtype);
     for (uint32_t l = 0; l < im.n_layers; ++l) {
         const size_t n = size_t(im.uncompressed(l)) * half;
         const uint8_t* k = r.bytes(n);
@@ -173,34 +200,22 @@ SequenceImage parse_sequence(const uint8_t* data, size_t size) {
 
 void write_sequence_file(const SequenceImage& image, const std::string& path) {
     const std::vector<uint8_t> bytes = serialize_sequence(image);
-    const std::string tmp =
-        path + ".partial-" + std::to_string(std::hash<std::thread::id>()(std::this_thread::get_id()));
-    std::FILE* f = std::fopen(tmp.c_str(), "wb");
-    require(f != nullptr, COMMVQ_ERR_IO, "cannot create '" + tmp + "': " + std::strerror(errno));
-    const bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-    const int write_errno = errno;
-    const bool closed = std::fclose(f) == 0;
-    if (!written || !closed) {
-        std::remove(tmp.c_str());
-        throw Error(COMMVQ_ERR_IO, "cannot write '" + tmp + "': " + std::strerror(written ? errno : write_errno));
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        const int e = errno;
-        std::remove(tmp.c_str());
-        throw Error(COMMVQ_ERR_IO, "cannot rename '" + tmp + "' to '" + path + "': " + std::strerror(e));
-    }
+    write_file_atomically(path, bytes.data(), bytes.size());
 }
 
-SequenceImage read_sequence_file(const std::string& path) {
-    std::FILE* f = std::fopen(path.c_str(), "rb");
-    require(f != nullptr, COMMVQ_ERR_IO, "cannot open '" + path + "': " + std::strerror(errno));
-    std::vector<uint8_t> bytes;
-    uint8_t buffer[1 << 16];
-    size_t n;
-    while ((n = std::fread(buffer, 1, sizeof buffer, f)) > 0) bytes.insert(bytes.end(), buffer, buffer + n);
-    const bool failed = std::ferror(f) != 0;
-    std::fclose(f);
-    require(!failed, COMMVQ_ERR_IO, "cannot read '" + path + "'");
+SequenceFileReader::SequenceFileReader(const std::string& path) : file_(path) {
+    // At most the longest possible header is read before the file's size
+    // has been checked against it.
+    const uint64_t longest = sequence_file_overhead_bytes(kMaxLayers);
+    head_.resize(size_t(std::min(file_.size(), longest)));
+    file_.read(head_.data(), head_.size());
+    header_ = parse_header(head_.data(), head_.size(), file_.size());
+}
+
+SequenceImage SequenceFileReader::read() {
+    std::vector<uint8_t> bytes(size_t(file_.size()));
+    std::copy(head_.begin(), head_.end(), bytes.begin());
+    file_.read(bytes.data() + head_.size(), bytes.size() - head_.size());
     return parse_sequence(bytes.data(), bytes.size());
 }
 

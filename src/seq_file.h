@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "file_io.h"
+
 namespace commvq {
 
 constexpr char kSeqFileMagic[8] = {'C', 'V', 'Q', 'S', 'E', 'Q', '\0', '\0'};
@@ -41,10 +43,32 @@ std::vector<uint8_t> serialize_sequence(const SequenceImage& image);
 // COMMVQ_ERR_FORMAT (not a sequence file, unknown version) or
 // COMMVQ_ERR_CORRUPT (truncated, checksum, inconsistent sizes).
 SequenceImage parse_sequence(const uint8_t* data, size_t size);
+// Bytes of a file of n_layers layers besides its codes and tokens: the
+// header and the checksum.
+uint64_t sequence_file_overhead_bytes(uint32_t n_layers);
 
 // Writes to a temporary file next to path and renames it over path, so a
 // failed save never leaves a half-written file under the name.
 void write_sequence_file(const SequenceImage& image, const std::string& path);
-SequenceImage read_sequence_file(const std::string& path);
+
+// A sequence file opened for loading. The constructor reads only the header
+// and checks it, and that the file's size is the one the header implies
+// (COMMVQ_ERR_FORMAT / CORRUPT), so a foreign, damaged or huge file is
+// judged before its payload is read; a directory or anything but a regular
+// file is COMMVQ_ERR_IO (file_io.h). read() then reads the rest and checks
+// it as parse_sequence does.
+class SequenceFileReader {
+public:
+    explicit SequenceFileReader(const std::string& path);
+    // Every header field and the compressed counts; no codes or tokens.
+    const SequenceImage& header() const { return header_; }
+    uint64_t size() const { return file_.size(); }
+    SequenceImage read();
+
+private:
+    InputFile file_;
+    std::vector<uint8_t> head_;
+    SequenceImage header_;
+};
 
 }  // namespace commvq

@@ -1,22 +1,41 @@
 #include "thread_pool.h"
 
 #include <algorithm>
+#include <string>
+#include <system_error>
+
+#include "error.h"
 
 namespace commvq {
 
+// A worker that cannot start (no memory for its state, pthread_create
+// refused) must not leave the ones already running behind: destroying a
+// joinable std::thread would terminate the process. They are stopped and
+// joined, and the failure becomes an ordinary COMMVQ_ERR_OUT_OF_MEMORY.
 ThreadPool::ThreadPool(unsigned n_threads) {
     if (n_threads == 0) n_threads = std::max(1u, std::thread::hardware_concurrency());
     workers_.reserve(n_threads - 1);
-    for (unsigned t = 1; t < n_threads; ++t) workers_.emplace_back([this, t] { work(t); });
+    for (unsigned t = 1; t < n_threads; ++t) {
+        try {
+            workers_.emplace_back([this, t] { work(t); });
+        } catch (const std::exception& e) {
+            stop();
+            throw Error(COMMVQ_ERR_OUT_OF_MEMORY, "cannot start worker thread " + std::to_string(t) + " of " +
+                                                      std::to_string(n_threads - 1) + ": " + e.what());
+        }
+    }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop(); }
+
+void ThreadPool::stop() noexcept {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         stop_ = true;
     }
     wake_.notify_all();
     for (auto& w : workers_) w.join();
+    workers_.clear();
 }
 
 // Takes items until none is left; an exception stops this thread's share and

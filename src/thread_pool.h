@@ -18,7 +18,9 @@ namespace commvq {
 class ThreadPool {
 public:
     // n_threads counts the calling thread, which works too: 1 means no
-    // worker threads at all. 0 means one per hardware thread.
+    // worker threads at all. 0 means one per hardware thread. A worker that
+    // cannot be started is COMMVQ_ERR_OUT_OF_MEMORY, after the others have
+    // been stopped.
     explicit ThreadPool(unsigned n_threads);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
@@ -48,6 +50,8 @@ private:
     void run(size_t n_items, void* fn, Trampoline call);
     void work(unsigned thread);
     void drain(unsigned thread);
+    // Stops and joins every worker.
+    void stop() noexcept;
 
     std::vector<std::thread> workers_;
     std::mutex mutex_;

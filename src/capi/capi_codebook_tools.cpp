@@ -6,6 +6,7 @@
 
 #include "codebook.h"
 #include "guard.h"
+#include "input_check.h"
 #include "key_encoder.h"
 #include "pair_layout.h"
 #include "value_encoder.h"
@@ -51,8 +52,9 @@ COMMVQ_API commvq_status_t commvq_codebook_encode_keys(const commvq_codebook_t* 
         require_arg(codes, fn, "codes");
         require_arg(scales, fn, "scales");
         require_layer(cb->cb, layer, fn);
-        // Encode into scratch first so a failure leaves the outputs untouched.
         const commvq::Codebook& c = cb->cb;
+        commvq::require_inputs(fn, "k", "token", k, COMMVQ_DTYPE_F32, n_tokens, c.value_dim());
+        // Encode into scratch first so a failure leaves the outputs untouched.
         std::vector<uint16_t> code_buf(size_t(n_tokens) * c.n_kv_heads * c.key_stages);
         std::vector<float> scale_buf(size_t(n_tokens) * c.n_key_scales());
         encode_keys(c, layer, n_tokens, k, code_buf.data(), scale_buf.data());
@@ -73,6 +75,8 @@ COMMVQ_API commvq_status_t commvq_codebook_reconstruct(const commvq_codebook_t* 
         const commvq::Codebook& c = cb->cb;
         require_layer(c, layer, fn);
         const uint32_t d = c.head_dim, hkv = c.n_kv_heads, dim = c.value_dim();
+        if (k) commvq::require_inputs(fn, "k", "token", k, COMMVQ_DTYPE_F32, n_tokens, dim);
+        if (v) commvq::require_inputs(fn, "v", "token", v, COMMVQ_DTYPE_F32, n_tokens, dim);
         std::vector<float> k_buf, v_buf;
         if (k) {
             std::vector<uint16_t> codes(size_t(n_tokens) * hkv * c.key_stages);

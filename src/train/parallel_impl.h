@@ -33,7 +33,15 @@ void parallel_for(size_t n_items, uint32_t n_threads, Fn&& item) {
         }
     };
     std::vector<std::thread> threads;
-    for (size_t t = 1; t < workers; ++t) threads.emplace_back(run);
+    threads.reserve(workers - 1);
+    // A helper that cannot be started (no memory for its state,
+    // pthread_create refused) only means fewer helpers: whoever runs takes
+    // the items, and the helpers started are joined either way (destroying
+    // a joinable std::thread would end the process).
+    try {
+        for (size_t t = 1; t < workers; ++t) threads.emplace_back(run);
+    } catch (const std::exception&) {
+    }
     run();
     for (auto& t : threads) t.join();
     if (failure) std::rethrow_exception(failure);

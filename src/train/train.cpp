@@ -8,6 +8,7 @@
 
 #include "backend.h"
 #include "error.h"
+#include "input_check.h"
 #include "key_trainer.h"
 #include "pair_layout.h"
 #include "parallel.h"
@@ -58,11 +59,15 @@ void validate(const TrainOptions& o, uint32_t n_layers, uint32_t n_kv_heads, uin
                                      std::to_string(n_kv_heads) + ")");
     invalid(uint64_t(n_kv_heads) * head_dim * o.value_bits % 8 == 0,
             "n_kv_heads * head_dim * value_bits must be a multiple of 8 (value codes are whole bytes)");
-    const size_t count = size_t(n_layers) * n_tokens * n_kv_heads * head_dim;
-    for (const float* x : {keys, values})
-        for (size_t i = 0; i < count; ++i)
-            invalid(std::isfinite(x[i]), std::string(x == keys ? "keys" : "values") + " element " +
-                                             std::to_string(i) + " is not finite");
+    // The rule every entry point applies to the numbers it is given
+    // (input_check.h), layer by layer so that the message names the layer.
+    const size_t D = size_t(n_kv_heads) * head_dim;
+    for (uint32_t l = 0; l < n_layers; ++l) {
+        const std::string row = "layer " + std::to_string(l) + ", token";
+        for (const float* x : {keys, values})
+            require_inputs("commvq_train", x == keys ? "keys" : "values", row.c_str(), x + size_t(l) * n_tokens * D,
+                           COMMVQ_DTYPE_F32, n_tokens, D);
+    }
     if (o.value_weights)
         for (size_t i = 0; i < size_t(n_layers) * n_tokens; ++i)
             if (!(std::isfinite(o.value_weights[i]) && o.value_weights[i] >= 0)) {

@@ -116,15 +116,18 @@ inline Snapshot snapshot(commvq_cache_t* c) {
     return s;
 }
 
-// A call that must fail with `status`, say why, and change nothing.
-#define CHECK_FAILS_UNCHANGED(cache, status, call)                                  \
+// A call that must fail with `status`, say why, and change nothing; the
+// cache's bookkeeping then passes its integrity check (block tables,
+// reference counts, free list: Cache::check_integrity).
+#define CHECK_FAILS_UNCHANGED(handle, status, call)                                 \
     do {                                                                            \
-        const commvq::test::Snapshot before_ = commvq::test::snapshot(cache);       \
+        const commvq::test::Snapshot before_ = commvq::test::snapshot(handle);      \
         commvq::capi::set_last_error("", "");                                       \
         const commvq_status_t got_ = (call);                                        \
         CHECK_MESSAGE(got_ == (status), #call " returned " << commvq_status_string(got_)); \
         CHECK_MESSAGE(std::strlen(commvq_last_error()) > 0, #call " left no message"); \
-        CHECK_MESSAGE(commvq::test::snapshot(cache) == before_, #call " changed the cache"); \
+        CHECK_MESSAGE(commvq::test::snapshot(handle) == before_, #call " changed the cache"); \
+        CHECK_NOTHROW((handle)->cache.check_integrity());                           \
     } while (0)
 
 }  // namespace test

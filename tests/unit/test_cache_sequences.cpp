@@ -295,3 +295,22 @@ TEST_CASE("append encodes tokens leaving the window exactly as the encoders do, 
     commvq_cache_destroy(c);
     commvq_codebook_free(cbh);
 }
+
+TEST_CASE("fork: a cache with neither sinks nor window forks and diverges (no slots to copy)") {
+    // Its sequences have no uncompressed slots at all, so the fork copies
+    // nothing; copying null slots was undefined behaviour (UBSan aborts).
+    commvq_codebook_t* cb = codebook_handle(small_spec(2));
+    commvq_cache_params_t p = small_params();
+    p.window = 0;
+    p.sink_tokens = 0;
+    commvq_cache_t* c = make_cache(cb, p);
+    append_tokens(c, 0, 20, 1);
+    const std::vector<uint8_t> parent = attention_bits(c, 0);
+    REQUIRE(commvq_cache_seq_fork(c, 0, 1) == COMMVQ_OK);
+    CHECK(attention_bits(c, 1) == parent);
+    append_tokens(c, 1, 5, 2);
+    CHECK(attention_bits(c, 0) == parent);
+    c->cache.check_integrity();
+    commvq_cache_destroy(c);
+    commvq_codebook_free(cb);
+}

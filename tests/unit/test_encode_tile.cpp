@@ -30,7 +30,9 @@ void check_tiles(const commvq::Codebook& cb, uint64_t seed) {
         std::vector<float> scales_one(size_t(n) * n_scales), scales_tile(scales_one.size(), NAN);
         for (uint32_t t = 0; t < n; ++t)
             keys.encode(&k[size_t(t) * dim], &codes_one[size_t(t) * hkv * stages], &scales_one[size_t(t) * n_scales]);
-        keys.encode_tile(n, k.data(), dim, codes_tile.data(), size_t(hkv) * stages, scales_tile.data(), n_scales);
+        commvq::KeyEncoder::Scratch key_scratch(cb);
+        keys.encode_tile(n, k.data(), dim, codes_tile.data(), size_t(hkv) * stages, scales_tile.data(), n_scales,
+                         key_scratch);
         CHECK(codes_tile == codes_one);
         CHECK(std::memcmp(scales_tile.data(), scales_one.data(), scales_one.size() * 4) == 0);
 

@@ -11,23 +11,13 @@
 #include "cache_reference.h"
 #include "cache_test_util.h"
 #include "seq_file.h"
+#include "temp_dir.h"
 
 using namespace commvq;
 using namespace commvq::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh directory per test case, removed afterwards.
-struct TempDir {
-    fs::path path;
-    explicit TempDir(const std::string& name) {
-        path = fs::temp_directory_path() / ("commvq_test_" + name + "_" + std::to_string(std::rand()));
-        fs::create_directories(path);
-    }
-    ~TempDir() { fs::remove_all(path); }
-    std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 std::vector<uint8_t> read_bytes(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
@@ -258,11 +248,15 @@ TEST_CASE("seq file: codes and scales are checked even under a valid checksum") 
         std::vector<uint8_t> b = bytes;
         const BlockLayout& layout = c->cache.layout();
         const size_t scale_at = codes_at + layout.key_code_bytes + layout.value_code_bytes;
-        const float nan = std::numeric_limits<float>::quiet_NaN();
-        std::memcpy(b.data() + scale_at, &nan, 4);
-        reseal(b);
-        write_bytes(bad, b);
-        CHECK_FAILS_UNCHANGED(c, COMMVQ_ERR_CORRUPT, commvq_cache_seq_load(c, 1, bad.c_str()));
+        // A NaN, and a finite scale no key within the input rule can have
+        // (its attention would overflow).
+        for (float scale : {std::numeric_limits<float>::quiet_NaN(), 1e30f}) {
+            CAPTURE(scale);
+            std::memcpy(b.data() + scale_at, &scale, 4);
+            reseal(b);
+            write_bytes(bad, b);
+            CHECK_FAILS_UNCHANGED(c, COMMVQ_ERR_CORRUPT, commvq_cache_seq_load(c, 1, bad.c_str()));
+        }
     }
     commvq_cache_destroy(c);
     commvq_codebook_free(cb);
