@@ -76,7 +76,7 @@ def points(results, domain):
 def plot_bpb(results, path, plt):
     domains = domain_labels(results["texts"])
     exact = results["settings"].get("exact")
-    fig, axes = plt.subplots(1, len(domains), figsize=(5.2 * len(domains), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(domains), figsize=(max(5.2 * len(domains), 8.5), 4.6), squeeze=False)
     for ax, (domain, nbytes) in zip(axes[0], domains):
         for method, pts in points(results, domain).items():
             label, colour, marker = METHODS[method]
@@ -100,10 +100,10 @@ def plot_bpb(results, path, plt):
         ax.grid(True, which="both", alpha=0.3)
         ax.axhline(base * 0.01 if base else FLOOR, color="grey", ls=":", lw=1)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
-    fig.suptitle("Model quality against cache size (bytellama-13m; filled: window 128, hollow: window 0; "
-                 "dotted: 1% of exact)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=9, frameon=False)
+    fig.suptitle("Model quality against cache size (bytellama-13m)\n"
+                 "filled: window 128, hollow: window 0; dotted: 1% of exact", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.92))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
