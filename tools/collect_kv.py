@@ -15,6 +15,10 @@ metadata lists the chunks. Queries must lie inside the last chunk, so that
 they attend exactly to that chunk's keys: with a single chunk, key positions
 are 0..T-1 and query positions are query_start..T-1.
 
+With --take N FILE... (repeatable) each group of files gives N tokens per
+layer, its chunks spread evenly over the group's files, so a mix of domains
+is one command (tools/train-codebooks-gpu.sh: calib-text + calib-code).
+
 Eval text is refused unless --allow-eval: codebooks are fit on what this tool
 collects, and fitting on the held-out text would make every quality figure
 measured on it meaningless.
@@ -90,10 +94,50 @@ def plan_chunks(files, offset, chunk, max_tokens):
     return plan
 
 
+def plan_spread(files, offset, chunk, max_tokens):
+    """Like plan_chunks, but with the cap spread over the files: of all the
+    chunks plan_chunks would cut (no cap), the fewest evenly spaced ones
+    that reach max_tokens, in file order, the last one cut to the cap. So a
+    budget smaller than the text samples every part of it (every file, and
+    more than their first bytes) instead of the first files alone."""
+    every = plan_chunks(files, offset, chunk, None)
+    total = sum(n for _, _, n in every)
+    if max_tokens is None or total <= max_tokens:
+        return every
+    k = max(1, -(-max_tokens // chunk))
+    while True:
+        picked = [every[(2 * i + 1) * len(every) // (2 * k)] for i in range(k)]
+        if sum(n for _, _, n in picked) >= max_tokens or k == len(every):
+            break
+        k += 1
+    plan, left = [], max_tokens
+    for fi, s, n in picked:
+        if left <= 0:
+            break
+        plan.append((fi, s, min(n, left)))
+        left -= n
+    return plan
+
+
+def plan_groups(groups, offset, chunk):
+    """--take groups [(n tokens, [file data])] -> one plan over all their
+    files (file indices counted across groups), each group's budget spread
+    over its own files (plan_spread)."""
+    plan, base = [], 0
+    for n, files in groups:
+        plan += [(fi + base, s, m) for fi, s, m in plan_spread(files, offset, chunk, n)]
+        base += len(files)
+    return plan
+
+
 def main():
     ap = argparse.ArgumentParser(
         description="Collect pre-RoPE keys, values and post-RoPE queries into safetensors.")
-    ap.add_argument("files", nargs="+", help="text files (bytes are tokens)")
+    ap.add_argument("files", nargs="*", help="text files (bytes are tokens)")
+    ap.add_argument("--take", nargs="+", action="append", default=[], metavar="N FILE",
+                    help="N tokens per layer from these files, spread evenly over them (plan_spread); "
+                         "repeat for a mix, e.g. --take 32768 calib-text/*.txt --take 32768 calib-code/*.py "
+                         "(instead of positional files and --max-tokens)")
     ap.add_argument("-o", "--output", required=True, help="output .safetensors path")
     ap.add_argument("--model", default=bytellama.default_model_dir(), help="HF model directory")
     ap.add_argument("--chunk", type=int, default=2048, help="bytes per independent context (default 2048)")
@@ -113,15 +157,33 @@ def main():
         ap.error("--chunk and --max-tokens must be positive, --offset non-negative")
     eval_dir = args.eval_dir or os.path.join(os.path.dirname(os.path.dirname(
         os.path.normpath(args.model))), "data", "eval-dev")
+    groups = []
+    for take in args.take:
+        if len(take) < 2 or not take[0].isdigit() or int(take[0]) <= 0:
+            ap.error(f"--take {' '.join(take)}: want a positive token count, then files")
+        groups.append((int(take[0]), take[1:]))
+    if groups and (args.files or args.max_tokens is not None):
+        ap.error("--take replaces positional files and --max-tokens")
+    if not groups and not args.files:
+        ap.error("give text files, or --take N FILE...")
+    paths = [p for _, g in groups for p in g] if groups else args.files
     if not args.allow_eval:
-        for p in args.files:
+        for p in paths:
             why = held_out_reason(p, eval_dir)
             if why:
                 ap.error(f"refusing {p}: {why} (held-out eval text; pass --allow-eval "
                          "only for test fixtures, never for codebook fitting)")
 
-    files = [open(p, "rb").read() for p in args.files]
-    plan = plan_chunks(files, args.offset, args.chunk, args.max_tokens)
+    files = [open(p, "rb").read() for p in paths]
+    if groups:
+        at = 0
+        data_groups = []
+        for n, g in groups:
+            data_groups.append((n, files[at:at + len(g)]))
+            at += len(g)
+        plan = plan_groups(data_groups, args.offset, args.chunk)
+    else:
+        plan = plan_chunks(files, args.offset, args.chunk, args.max_tokens)
     if not plan:
         ap.error("no tokens to collect (offset past the end of every file?)")
     T = sum(n for _, _, n in plan)
@@ -144,7 +206,7 @@ def main():
             values[l].append(cap[l]["v"].cpu())
             if ci == len(plan) - 1 and Tq:
                 queries[l] = cap[l]["q"][n - Tq:].cpu()
-        print(f"chunk {ci + 1}/{len(plan)}: {source_name(args.files[fi])} bytes {s}..{s + n}",
+        print(f"chunk {ci + 1}/{len(plan)}: {source_name(paths[fi])} bytes {s}..{s + n}",
               file=sys.stderr)
 
     np_dtype = np.float16 if args.dtype == "f16" else np.float32
@@ -178,7 +240,7 @@ def main():
         "rope_layout": "rotate_half",
         "rope_scaling": scaling,
         "rope_scaling_params": json.dumps(model.rope_params, sort_keys=True),
-        "sources": json.dumps([source_name(p) for p in args.files]),
+        "sources": json.dumps([source_name(p) for p in paths]),
         "offset": str(args.offset),
         "chunk_size": str(args.chunk),
         "chunks": json.dumps(chunks),
@@ -188,6 +250,11 @@ def main():
         # query_start .. query_start + n_queries - 1.
         "query_start": str(plan[-1][2] - Tq),
         "dtype": args.dtype,
+        # --take: per group its files (indices into sources), the tokens asked and collected.
+        **({"mix": json.dumps([{"sources": [base + i for i in range(len(g))], "tokens_asked": n,
+                                 "tokens": sum(m for fi, _, m in plan if base <= fi < base + len(g))}
+                                for (n, g), base in zip(groups, np.cumsum([0] + [len(g) for _, g in groups]).tolist())])}
+           if groups else {}),
         "keys": "pre-RoPE",
         "queries": "post-RoPE",
     }

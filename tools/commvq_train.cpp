@@ -35,10 +35,16 @@ using commvq::Error;
 
 const char* kUsage =
     "usage: commvq-train -i KV.safetensors -o CODEBOOK.safetensors [options]\n"
-    "       commvq-train --codebook CODEBOOK.safetensors --eval KV.safetensors\n"
+    "       commvq-train --codebook CODEBOOK.safetensors --eval KV.safetensors [--calib CALIB.safetensors]\n"
     "       commvq-train --codebook IN.safetensors -o OUT.safetensors --storage f16\n"
     "\n"
     "  -i, --input FILE        keys.{l} / values.{l} per layer (tools/collect_kv.py)\n"
+    "\n"
+    "  A codebook fits the text its calibration KV came from, and only that: the\n"
+    "  calibration text must cover every domain the model will read (prose, code,\n"
+    "  JSON, other languages), or attention on the rest degrades badly. Check a\n"
+    "  codebook on your own text with --eval (docs/TRAINING.md, \"Calibration text\").\n"
+    "\n"
     "  -o, --output FILE       the codebook file to write\n"
     "  --bits 1|2              value bits; key stages R = 11 or 21 (default 1)\n"
     "  --stages R              key residual stages (default from --bits)\n"
@@ -71,7 +77,13 @@ const char* kUsage =
     "                          matrices (default f32, exact; f16 halves the file, see\n"
     "                          docs/FORMATS.md); --eval then measures the file as written\n"
     "  --eval FILE             after training (or for --codebook), report key and value\n"
-    "                          MSE on this KV file; may be repeated\n"
+    "                          MSE on this KV file (e.g. tools/collect_kv.py on your own\n"
+    "                          text), and its relative error next to the calibration\n"
+    "                          data's, flagged when out of domain; may be repeated\n"
+    "  --calib FILE            with --codebook: the calibration KV the --eval files are\n"
+    "                          compared with (after training: the --input)\n"
+    "  --ood-ratio X           flag an --eval file whose relative key or value error in\n"
+    "                          a layer is above X times the calibration data's (default 1.5)\n"
     "  -q, --quiet             no progress (a bar on a terminal, else a line per 5%)\n";
 
 [[noreturn]] void usage_error(const std::string& message) {
@@ -180,22 +192,44 @@ private:
 
 // Key MSE after each stage and value MSE, per layer, of a codebook on a KV
 // file, through the library's own encoders (what the cache stores).
-void evaluate(const commvq::Codebook& cb, const KvFile& kv, const std::string& name) {
+// Per layer: the key MSE after the last stage (over all heads) and value MSE,
+// per element, and the data's own mean square (the scale they are judged by).
+struct EvalSummary {
+    uint64_t tokens = 0;
+    std::vector<double> key_mse, value_mse, key_ms, value_ms;
+    double key_rel(uint32_t l) const { return key_ms[l] > 0 ? key_mse[l] / key_ms[l] : 0.0; }
+    double value_rel(uint32_t l) const { return value_ms[l] > 0 ? value_mse[l] / value_ms[l] : 0.0; }
+};
+
+// Every row, or at most max_rows evenly spaced ones.
+std::vector<uint64_t> spread_rows(uint64_t n_tokens, uint64_t max_rows) {
+    std::vector<uint64_t> rows;
+    const uint64_t n = std::min(n_tokens, max_rows);
+    rows.reserve(n);
+    for (uint64_t i = 0; i < n; ++i) rows.push_back(n == n_tokens ? i : (2 * i + 1) * n_tokens / (2 * n));
+    return rows;
+}
+
+EvalSummary evaluate(const commvq::Codebook& cb, const KvFile& kv, const std::string& name,
+                     const std::vector<uint64_t>& rows, bool print) {
     commvq::require(kv.n_layers >= cb.n_layers && kv.n_kv_heads == cb.n_kv_heads && kv.head_dim == cb.head_dim,
                     COMMVQ_ERR_SHAPE_MISMATCH, name + ": shape differs from the codebook's");
     const uint32_t H = cb.n_kv_heads, d = cb.head_dim, R = cb.key_stages, C = cb.sub_centers, D = cb.value_dim();
-    std::printf("evaluation on %s (%llu tokens)\n", name.c_str(), (unsigned long long)kv.n_tokens);
+    EvalSummary summary;
+    summary.tokens = rows.size();
+    if (print) std::printf("evaluation on %s (%llu tokens)\n", name.c_str(), (unsigned long long)rows.size());
     for (uint32_t l = 0; l < cb.n_layers; ++l) {
         commvq::KeyEncoder keys(cb, l);
         commvq::ValueEncoder values(cb, l);
         std::vector<double> stage_err(size_t(H) * R, 0.0);
-        double value_err = 0;
+        double value_err = 0, key_ss = 0, value_ss = 0;
         std::vector<float> canonical(size_t(H) * d), approx(d), scratch(values.scratch_floats()), vhat(D);
         std::vector<uint16_t> codes(size_t(H) * R);
         std::vector<float> scales(cb.n_key_scales());
         std::vector<uint8_t> bits(cb.value_code_bits() / 8);
-        for (uint64_t t = 0; t < kv.n_tokens; ++t) {
+        for (uint64_t t : rows) {
             const float* k = kv.keys.data() + (size_t(l) * kv.n_tokens + t) * H * d;
+            for (size_t e = 0; e < size_t(H) * d; ++e) key_ss += double(k[e]) * k[e];
             for (uint32_t h = 0; h < H; ++h)
                 commvq::to_canonical(k + size_t(h) * d, d, cb.pair_layout, canonical.data() + size_t(h) * d);
             keys.encode(canonical.data(), codes.data(), scales.data());
@@ -220,18 +254,76 @@ void evaluate(const commvq::Codebook& cb, const KvFile& kv, const std::string& n
             }
             const float* v = kv.values.data() + (size_t(l) * kv.n_tokens + t) * D;
             float w = 0;
+            for (uint32_t c = 0; c < D; ++c) value_ss += double(v[c]) * v[c];
             values.encode(v, bits.data(), &w, scratch.data());
             values.decode(bits.data(), w, vhat.data());
             for (uint32_t c = 0; c < D; ++c) value_err += (double(vhat[c]) - v[c]) * (double(vhat[c]) - v[c]);
         }
-        const double count = double(kv.n_tokens) * d;
+        const double count = double(rows.size()) * d;
+        double last = 0;
         for (uint32_t h = 0; h < H; ++h) {
-            std::printf("  layer %u head %u key MSE by stage:", l, h);
-            for (uint32_t r = 0; r < R; ++r) std::printf(" %.3e", stage_err[size_t(h) * R + r] / count);
-            std::printf("\n");
+            if (print) {
+                std::printf("  layer %u head %u key MSE by stage:", l, h);
+                for (uint32_t r = 0; r < R; ++r) std::printf(" %.3e", stage_err[size_t(h) * R + r] / count);
+                std::printf("\n");
+            }
+            last += stage_err[size_t(h) * R + R - 1];
         }
-        std::printf("  layer %u value MSE: %.4e\n", l, value_err / (double(kv.n_tokens) * D));
+        const double n_elements = double(rows.size()) * D;  // D = H * d
+        summary.key_mse.push_back(last / n_elements);
+        summary.value_mse.push_back(value_err / n_elements);
+        summary.key_ms.push_back(key_ss / n_elements);
+        summary.value_ms.push_back(value_ss / n_elements);
+        if (print) std::printf("  layer %u value MSE: %.4e\n", l, value_err / n_elements);
     }
+    return summary;
+}
+
+// Relative errors (MSE / the data's mean square) below this, in the file
+// and the calibration data alike, are too small to call a codebook out of
+// domain by: bytellama's degenerate layer 0 keys have 1e-7 and its layer 1
+// values 2e-3 to 4e-3 on held-out prose, where a ratio of 2 means little.
+constexpr double kNegligibleRelError = 1e-2;
+// Calibration tokens per layer the --eval files are compared with.
+constexpr uint64_t kCalibrationRows = 8192;
+
+// An --eval file's relative errors next to the calibration data's, per
+// layer; a layer whose key or value error is above ood_ratio times the
+// calibration's flags the file as out of the codebook's domain.
+void compare_with_calibration(const EvalSummary& eval, const EvalSummary& calib, const std::string& name,
+                              const std::string& calib_name, double ood_ratio) {
+    std::printf("domain check of %s against the calibration data (%s, %llu tokens):\n", name.c_str(),
+                calib_name.c_str(), (unsigned long long)calib.tokens);
+    std::printf("  relative error = MSE / the data's mean square; ratio = this file's / calibration's "
+                "(negligible: both below %g)\n", kNegligibleRelError);
+    double worst = 0;
+    std::string worst_where;
+    for (size_t l = 0; l < eval.key_mse.size(); ++l) {
+        std::printf("  layer %zu", l);
+        for (int kind = 0; kind < 2; ++kind) {
+            const double e = kind == 0 ? eval.key_rel(uint32_t(l)) : eval.value_rel(uint32_t(l));
+            const double c = kind == 0 ? calib.key_rel(uint32_t(l)) : calib.value_rel(uint32_t(l));
+            const bool negligible = std::max(e, c) < kNegligibleRelError;
+            const double ratio = c > 0 ? e / c : (e > 0 ? INFINITY : 1.0);
+            std::printf("  %s %.3e (calibration %.3e, ", kind == 0 ? "keys" : "values", e, c);
+            if (negligible) std::printf("negligible)");
+            else std::printf("%.3gx)", ratio);
+            if (!negligible && ratio > worst) {
+                worst = ratio;
+                worst_where = std::string(kind == 0 ? "keys" : "values") + " of layer " + std::to_string(l);
+            }
+        }
+        std::printf("\n");
+    }
+    if (worst > ood_ratio)
+        std::printf("  WARNING: %s is OUT OF DOMAIN for this codebook: the error on its %s is %.3gx the "
+                    "calibration data's (above %.2gx). Attention on text like it will be much worse than on "
+                    "the calibration text; calibrate on a mix that includes text like it (docs/TRAINING.md, "
+                    "\"Calibration text\").\n",
+                    name.c_str(), worst_where.c_str(), worst, ood_ratio);
+    else
+        std::printf("  within the calibration data's domain: worst ratio %.3gx (%s; flagged above %.2gx)\n", worst,
+                    worst_where.empty() ? "no layer above negligible error" : worst_where.c_str(), ood_ratio);
 }
 
 // --attention-weight: per layer, the attention mass a_t of every token from
@@ -348,6 +440,8 @@ int run(int argc, char** argv) {
     std::string input, output, codebook_path;
     int32_t storage = COMMVQ_DTYPE_F32;
     std::vector<std::string> evals;
+    std::string calib_path;
+    double ood_ratio = 1.5;
     bool quiet = false;
     double attention_beta = 0;
     for (int i = 1; i < argc; ++i) {
@@ -370,6 +464,11 @@ int run(int argc, char** argv) {
             else usage_error("--storage must be f32, f16 or bf16");
         }
         else if (a == "--eval") evals.push_back(value());
+        else if (a == "--calib") calib_path = value();
+        else if (a == "--ood-ratio") {
+            ood_ratio = parse_number(a, value());
+            if (ood_ratio <= 0) usage_error("--ood-ratio must be positive");
+        }
         else if (a == "-q" || a == "--quiet") quiet = true;
         else if (a == "--bits") {
             options.value_bits = uint32_t(parse_count(a, value()));
@@ -420,12 +519,22 @@ int run(int argc, char** argv) {
     }
 
     commvq::Codebook cb;
+    EvalSummary calib;  // the calibration data's errors, what --eval files are compared with
+    std::string calib_name;
+    if (!calib_path.empty() && codebook_path.empty())
+        usage_error("--calib goes with --codebook (after training the --input is the calibration data)");
+    if (!calib_path.empty() && evals.empty()) usage_error("--calib needs --eval FILE to compare with it");
     if (!codebook_path.empty()) {
         if (!input.empty()) usage_error("--codebook evaluates or re-saves a codebook; it takes no --input");
         if (evals.empty() && output.empty()) usage_error("--codebook needs --eval FILE or -o FILE");
         if (attention_beta > 0) usage_error("--attention-weight applies to training, not to --codebook");
         cb = commvq::load_codebook(codebook_path);
         if (!output.empty()) cb = write_codebook(cb, output, storage);
+        if (!calib_path.empty()) {
+            const KvFile kv = read_kv(calib_path);
+            calib = evaluate(cb, kv, calib_path, spread_rows(kv.n_tokens, kCalibrationRows), false);
+            calib_name = calib_path;
+        }
     } else {
         if (input.empty() || output.empty()) usage_error("--input and --output are required");
         KvFile kv = read_kv(input);
@@ -468,8 +577,26 @@ int run(int argc, char** argv) {
             }
             std::printf("  layer %u value MSE: %.4e\n", l, report.value_mse[l]);
         }
+        if (!evals.empty()) {
+            // Measured as the --eval files are (the encoders of the file as written).
+            calib = evaluate(cb, kv, input, spread_rows(kv.n_tokens, kCalibrationRows), false);
+            calib_name = input;
+        }
+        std::fprintf(stderr,
+                     "note: this codebook fits text like its calibration data only; if the model will read "
+                     "other kinds of text (code, JSON, other languages), calibrate on them too, and check with "
+                     "--eval on a KV file of your own text (docs/TRAINING.md, \"Calibration text\")\n");
     }
-    for (const std::string& path : evals) evaluate(cb, read_kv(path), path);
+    for (const std::string& path : evals) {
+        const KvFile kv = read_kv(path);
+        const EvalSummary summary = evaluate(cb, kv, path, spread_rows(kv.n_tokens, kv.n_tokens), true);
+        if (calib.tokens)
+            compare_with_calibration(summary, calib, path, calib_name, ood_ratio);
+        else
+            std::printf("no calibration data to compare %s with: pass --calib CALIB_KV.safetensors (the KV file "
+                        "the codebook was trained on) to see whether it is out of the codebook's domain\n",
+                        path.c_str());
+    }
     return 0;
 }
 

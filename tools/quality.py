@@ -12,29 +12,36 @@ Each setting runs the model (tools/bytellama.py) with its attention replaced:
                fake-quantized keys and values (tools/quality_baselines.py) fed
                to the exact attention, with the same window kept exact.
 
-Measured per setting: bits per byte on the four short essays (independent
-2048-byte chunks, as the model README's 1.81), bits per byte on "repeat"
-chunks (a 1024-byte piece of addiction.txt followed by itself: the second copy
-is predictable only by attending ~1024 tokens back, far behind the window),
-and per layer the relative error of the attention output against exact
-attention on the same queries, keys and values. The exact setting also measures
-each quantizer's key and value MSE per layer (per element, in the keys' and
-values' own units; CommVQ through commvq_codebook_reconstruct) on the essays'
-exact keys and values.
+Measured per setting and per domain of text: bits per byte, and per layer the
+relative error of the attention output against exact attention on the same
+queries, keys and values. A domain is a labelled list of files (--text
+LABEL:FILE..., scored in independent 2048-byte chunks, as the model README's
+1.81; --repeat LABEL:FILE, pieces of 1024 bytes each followed by itself, the
+second copy scored: predictable only by attending ~1024 tokens back, far
+behind the window). The standard run (no --text or --repeat) has three:
+"essays" (the four short eval essays), "repeat" (addiction.txt) and "stdlib"
+(the middle chunk of each eval-dev standard-library file of stdlib-files.txt).
+The exact setting also measures each quantizer's key and value MSE per layer
+(per element, in the keys' and values' own units; CommVQ through
+commvq_codebook_reconstruct) on each chunked domain's exact keys and values.
 
 Results accumulate in a JSON file (--results) so settings can run separately;
---report renders them into the marked section of a markdown file.
+--report renders them into the marked section of a markdown file. A results
+file records the sha256 of every file of every domain and refuses a run on
+other text. --list-texts prints what a run would score.
 
     /usr/bin/python3 tools/quality.py --library build/libcommvq.so \\
         --codebook 1=data/codebooks/bytellama-13m-1bit.safetensors \\
         --codebook 2=data/codebooks/bytellama-13m-2bit.safetensors \\
         --results build/quality.json --report docs/QUALITY.md
-    /usr/bin/python3 tools/quality.py --quick ...   # a smoke check: 3 settings on 3 chunks
+    /usr/bin/python3 tools/quality.py --quick ...   # a smoke check: 3 settings, the last chunks of each domain
+    /usr/bin/python3 tools/quality.py ... --text prose:my/*.txt --text json:data/*.json --chunks-per-file json=2
 """
 
 import argparse
 import concurrent.futures
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -56,6 +63,7 @@ CHUNK = 2048
 REPEAT_PIECE = 1024
 REPEAT_PIECES = 4
 WINDOWS = (128, 0)
+STDLIB_CHUNKS_PER_FILE = 1  # the standard run's stdlib domain: the middle chunk of each file
 
 
 def all_settings():
@@ -79,26 +87,170 @@ QUICK_SETTINGS = ("exact", "commvq-1bit-w128", "kivi-2bit-w128")
 # Text
 # ---------------------------------------------------------------------------
 
-def essay_chunks(eval_dir, quick):
-    """(input bytes, target bytes, first scored target) per chunk, as bytellama.chunk_bits."""
-    out = []
-    for name in ESSAYS:
-        data = open(os.path.join(eval_dir, name + ".txt"), "rb").read()
-        for s in range(0, len(data) - 1, CHUNK):
-            tgt = data[s + 1:s + CHUNK + 1]
-            out.append((data[s:s + len(tgt)], tgt, 0))
-    return out[-2:] if quick else out  # quick: the end of vcsqueeze and pow
+# A domain is a labelled list of files: kind "chunks" scores every byte of
+# independent CHUNK-byte chunks (at most chunks_per_file per file, evenly
+# spread, 0 = all); kind "repeat" scores the second copy of REPEAT_PIECE-byte
+# pieces of its first file, each followed by itself.
+LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
-def repeat_chunks(eval_dir, quick):
-    """A piece of addiction.txt followed by itself; only the second copy is scored."""
-    data = open(os.path.join(eval_dir, "addiction.txt"), "rb").read()
+class Domain:
+    def __init__(self, label, kind, files, chunks_per_file=0):
+        self.label, self.kind, self.files, self.chunks_per_file = label, kind, list(files), chunks_per_file
+
+    def __repr__(self):
+        return f"Domain({self.label!r}, {self.kind!r}, {len(self.files)} files, {self.chunks_per_file} per file)"
+
+
+def split_label(item):
+    """'LABEL:FILE' -> (LABEL, FILE); a plain FILE -> (None, FILE). A label is
+    letters, digits, '_' and '-' and starts with a letter (so './a:b' and
+    '1:b' are files; a label may precede a path with ':', 'odd:a:b')."""
+    label, sep, path = item.partition(":")
+    if sep and label and label[0].isalpha() and set(label) <= LABEL_CHARS and path:
+        return label, path
+    return None, item
+
+
+def parse_text_groups(groups, kind, option):
+    """The groups of one repeatable option (--text LABEL:FILE [FILE...] ...),
+    as argparse's append + nargs='+' gives them, into [(label, [files])] in
+    order of first appearance; a label named again adds files to its domain.
+    A group's later files take its label unless they carry their own."""
+    out = {}
+    for group in groups:
+        label = None
+        for item in group:
+            own, path = split_label(item)
+            label = own or label
+            if label is None:
+                raise ValueError(f"{option} {item}: give the domain first, as LABEL:FILE (e.g. prose:{item})")
+            out.setdefault(label, []).append(path)
+    return list(out.items())
+
+
+def parse_per_file(specs):
+    """['stdlib=2', ...] -> {'stdlib': 2}."""
+    out = {}
+    for spec in specs:
+        label, sep, n = spec.partition("=")
+        if not sep or not n.isdigit():
+            raise ValueError(f"--chunks-per-file {spec}: want LABEL=N (N >= 0, 0 = every chunk)")
+        out[label] = int(n)
+    return out
+
+
+def standard_domains(eval_dir):
+    """The standard run: the essays, the long-context repeat case, and one
+    chunk (the middle one) of each standard-library file of stdlib-files.txt."""
+    listing = os.path.join(eval_dir, "stdlib-files.txt")
+    stdlib = [os.path.join(eval_dir, "stdlib", line.strip()) for line in open(listing) if line.strip()]
+    return [Domain("essays", "chunks", [os.path.join(eval_dir, n + ".txt") for n in ESSAYS]),
+            Domain("repeat", "repeat", [os.path.join(eval_dir, "addiction.txt")]),
+            Domain("stdlib", "chunks", stdlib, STDLIB_CHUNKS_PER_FILE)]
+
+
+def make_domains(args, eval_dir):
+    """The domains a run measures: --text / --repeat if given, else the standard ones."""
+    per_file = parse_per_file(args.chunks_per_file)
+    if args.text or args.repeat:
+        domains = [Domain(l, "chunks", f) for l, f in parse_text_groups(args.text, "chunks", "--text")]
+        for label, files in parse_text_groups(args.repeat, "repeat", "--repeat"):
+            if any(d.label == label for d in domains):
+                raise ValueError(f"domain {label} is given to both --text and --repeat")
+            domains.append(Domain(label, "repeat", files))
+    else:
+        domains = standard_domains(eval_dir)
+    labels = {d.label for d in domains}
+    unknown = sorted(set(per_file) - labels)
+    if unknown:
+        raise ValueError(f"--chunks-per-file names no domain of this run: {', '.join(unknown)}")
+    for d in domains:
+        d.chunks_per_file = per_file.get(d.label, d.chunks_per_file)
+        missing = [p for p in d.files if not os.path.isfile(p)]
+        if missing:
+            raise ValueError(f"domain {d.label}: no such file {missing[0]}")
+    return domains
+
+
+def sha256_hex(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_chunks(data, chunks_per_file):
+    """(input bytes, target bytes, first scored target) per chunk, as bytellama.chunk_bits;
+    with chunks_per_file, that many chunks evenly spread over the file."""
+    starts = list(range(0, len(data) - 1, CHUNK))
+    n = len(starts)
+    if chunks_per_file and n > chunks_per_file:
+        starts = [starts[(2 * i + 1) * n // (2 * chunks_per_file)] for i in range(chunks_per_file)]
     out = []
-    for i in range(1 if quick else REPEAT_PIECES):
+    for s in starts:
+        tgt = data[s + 1:s + CHUNK + 1]
+        out.append((data[s:s + len(tgt)], tgt, 0))
+    return out
+
+
+def repeat_chunks(data, pieces):
+    """A piece of the text followed by itself; only the second copy is scored."""
+    out = []
+    for i in range(pieces):
         piece = data[i * REPEAT_PIECE:(i + 1) * REPEAT_PIECE]
+        if len(piece) < REPEAT_PIECE:
+            break
         seq = piece + piece
         out.append((seq[:-1], seq[1:], REPEAT_PIECE - 1))
     return out
+
+
+def domain_chunks(domain, quick):
+    """(chunks, file descriptions) of a domain; quick: its last 2 chunks (repeat: 1)."""
+    chunks, files = [], []
+    for path in domain.files:
+        data = open(path, "rb").read()
+        files.append({"path": path, "sha256": sha256_hex(data), "bytes": len(data)})
+        if domain.kind == "repeat":
+            chunks += repeat_chunks(data, REPEAT_PIECES)
+        else:
+            chunks += file_chunks(data, domain.chunks_per_file)
+        if domain.kind == "repeat" and len(chunks) >= REPEAT_PIECES:
+            break
+    if quick:
+        chunks = chunks[:1] if domain.kind == "repeat" else chunks[-2:]
+    return chunks, files
+
+
+def describe_texts(domains, chunks, files, quick):
+    """What the results file records of the text (and checks on every run)."""
+    return {"quick": quick, "chunk": CHUNK, "domains": {
+        d.label: {"kind": d.kind, "chunks_per_file": d.chunks_per_file, "files": files[d.label],
+                  "chunks": len(chunks[d.label]), "scored_bytes": sum(len(t) - f for _, t, f in chunks[d.label])}
+        for d in domains}}
+
+
+def texts_key(texts):
+    """What must agree between a results file and a run: the text's content
+    (sha256 of each file's bytes, in order), how it is cut, per domain; not
+    the files' paths. Results files from before domains compare whole."""
+    if "domains" not in texts:
+        return texts
+    return {"quick": texts["quick"], "chunk": texts["chunk"],
+            "domains": {l: {"kind": d["kind"], "chunks_per_file": d["chunks_per_file"],
+                            "sha256": [f["sha256"] for f in d["files"]]} for l, d in texts["domains"].items()}}
+
+
+def domain_labels(texts):
+    """[(label, scored bytes)] of a results file, old (essays + repeat) or new."""
+    if "domains" in texts:
+        return [(l, d["scored_bytes"]) for l, d in texts["domains"].items()]
+    return [("essays", texts["essay_bytes"]), ("repeat", texts["repeat_bytes"])]
+
+
+def row_domain(row, label):
+    """A setting's result on a domain: {'bpb', 'bytes'[, 'attention_rel_error']}, or None."""
+    if "domains" in row:
+        return row["domains"].get(label)
+    return row.get(label)
 
 
 # ---------------------------------------------------------------------------
@@ -173,7 +325,8 @@ class Attention:
     def __init__(self, model, setting, lib=None, codebook=None, threads=0, mse=None, check_decoded=False):
         self.model = model
         self.setting = setting
-        self.errors = ErrorMeter(model.n_layers)
+        self.errors = ErrorMeter(model.n_layers)  # over every domain
+        self.domain_errors = None  # the current domain's, set by the caller
         self.mse = mse
         self.cache = self.vs_decoded = None
         if setting["kind"] == "commvq":
@@ -209,6 +362,8 @@ class Attention:
             k_hat, v_hat = quantize(k_rot, v, self.setting["bits"], self.setting["window"])
             out = exact_attention(self.model, q, k_hat, v_hat)
         self.errors.add(layer, out, exact)
+        if self.domain_errors is not None:
+            self.domain_errors.add(layer, out, exact)
         return out
 
     def decoded_attention(self, layer, q, k, v, positions):
@@ -294,17 +449,44 @@ def bits_per_element(setting, codebook_info, head_dim):
     return baselines.per_token_bits(setting["bits"], head_dim)
 
 
+def plan(args):
+    """(domains, chunks per label, texts description) of a run; ValueError on a bad text option."""
+    domains = make_domains(args, args.eval_dir)
+    chunks, files = {}, {}
+    for d in domains:
+        chunks[d.label], files[d.label] = domain_chunks(d, args.quick)
+        if not chunks[d.label]:
+            raise ValueError(f"domain {d.label}: no text to score" +
+                             (f" (a repeat text needs {REPEAT_PIECE} bytes)" if d.kind == "repeat" else ""))
+    return domains, chunks, describe_texts(domains, chunks, files, args.quick)
+
+
+def print_plan(texts):
+    for label, d in texts["domains"].items():
+        cut = "all chunks" if not d["chunks_per_file"] else f"{d['chunks_per_file']} chunk(s) per file"
+        print(f"{label}: {d['kind']}, {len(d['files'])} files, {cut}, {d['chunks']} chunks, "
+              f"{d['scored_bytes']} bytes scored")
+        for f in d["files"]:
+            print(f"  {f['sha256'][:16]}  {f['bytes']:8d}  {f['path']}")
+
+
 def run(args):
     threads = args.threads or os.cpu_count()
     torch.set_num_threads(threads)
-    model = bytellama.Llama(args.model, device=args.device)
-    eval_dir = args.eval_dir
-    texts = {"essays": essay_chunks(eval_dir, args.quick), "repeat": repeat_chunks(eval_dir, args.quick)}
+    try:
+        domains, texts_chunks, texts = plan(args)
+    except ValueError as e:
+        raise SystemExit(str(e))
     settings = all_settings()
     names = args.settings.split(",") if args.settings else list(QUICK_SETTINGS if args.quick else settings)
     unknown = [n for n in names if n not in settings]
     if unknown:
         raise SystemExit(f"unknown settings {unknown}; known: {', '.join(settings)}")
+    results = load_results(args.results)
+    if "texts" in results and texts_key(results["texts"]) != texts_key(texts):
+        raise SystemExit(f"{args.results} holds results on other text (the domains, the files' sha256 or how "
+                         "they are cut differ); use another file")
+    model = bytellama.Llama(args.model, device=args.device)
 
     lib, codebooks, codebook_info, codebook_files = None, {}, {}, {}
     if args.library:
@@ -319,11 +501,8 @@ def run(args):
             if cb.info["value_bits"] != int(bits):
                 raise SystemExit(f"{path} holds a {cb.info['value_bits']}-bit codebook, not {bits}-bit")
 
-    results = load_results(args.results)
-    meta = run_metadata(args, lib, codebook_files, texts, names)
-    if results.get("texts", meta["texts"]) != meta["texts"]:
-        raise SystemExit(f"{args.results} holds results on other text ({results['texts']}); use another file")
-    results["texts"] = meta.pop("texts")
+    meta = run_metadata(args, lib, codebook_files, names)
+    results["texts"] = texts
     results["runs"].append(meta)
     for name in names:
         setting = settings[name]
@@ -331,40 +510,48 @@ def run(args):
             print(f"{name}: skipped (no {setting['bits']}-bit codebook given)")
             continue
         t0 = time.time()
-        mse = MseMeter(model.n_layers, lib, codebooks) if setting["kind"] == "exact" else None
-        attention = Attention(model, setting, lib, codebooks.get(setting.get("bits")), threads, mse,
+        attention = Attention(model, setting, lib, codebooks.get(setting.get("bits")), threads, None,
                               args.check_decoded or args.quick)
-        row = {"setting": setting, "bits_per_element": bits_per_element(setting, codebook_info, model.head_dim)}
+        row = {"setting": setting, "bits_per_element": bits_per_element(setting, codebook_info, model.head_dim),
+               "domains": {}}
         if setting["kind"] == "commvq":
             row["codebook"] = codebook_files[setting["bits"]]
-        for text, chunks in texts.items():
-            attention.mse = mse if text == "essays" else None
+        mse = {}
+        for d in domains:
+            chunks = texts_chunks[d.label]
+            # The exact setting measures each quantizer's key and value MSE on a chunks domain's exact tensors.
+            if setting["kind"] == "exact" and d.kind == "chunks":
+                mse[d.label] = MseMeter(model.n_layers, lib, codebooks)
+            attention.mse = mse.get(d.label)
+            attention.domain_errors = ErrorMeter(model.n_layers)
             bits, count = score(model, chunks, attention, args.mse_chunks)
-            row[text] = {"bpb": bits / count, "bytes": count}
+            row["domains"][d.label] = {"bpb": bits / count, "bytes": count,
+                                       "attention_rel_error": attention.domain_errors.relative()}
         row["attention_rel_error"] = attention.errors.relative()
         if attention.vs_decoded is not None:
             row["cache_vs_decoded_rel_error"] = attention.vs_decoded.relative()
         row["seconds"] = time.time() - t0
         row["run"] = len(results["runs"])  # 1-based number of the run in the report
         results["settings"][name] = row
-        if mse is not None:
-            results["mse"] = mse.result()
-            results["mse_run"] = row["run"]
-            results["mse_tokens"] = sum(len(t) for _, t, _ in texts["essays"][:args.mse_chunks])
-        print(f"{name:18s} essays {row['essays']['bpb']:.4f} bpb  repeat {row['repeat']['bpb']:.4f} bpb  "
-              f"attn err {' '.join('-' if e is None else f'{e:.3f}' for e in row['attention_rel_error'])}  "
+        if mse:
+            results["mse_domains"] = {
+                label: {"mse": m.result(), "run": row["run"],
+                        "tokens": sum(len(t) for _, t, _ in texts_chunks[label][:args.mse_chunks])}
+                for label, m in mse.items()}
+        print(f"{name:18s} " + "  ".join(f"{l} {r['bpb']:.4f}" for l, r in row["domains"].items()) +
+              f" bpb  attn err {' '.join('-' if e is None else f'{e:.3f}' for e in row['attention_rel_error'])}  "
               f"{row['bits_per_element']:.2f} bits  {row['seconds']:.0f} s" +
               (f"  cache vs decoded {max(row['cache_vs_decoded_rel_error']):.1e}"
                if "cache_vs_decoded_rel_error" in row else ""), flush=True)
         save_results(args.results, results)
-    if "mse" in results:
-        for m, r in results["mse"].items():
-            print(f"MSE {m:12s} key {' '.join(f'{x:.3g}' for x in r['key'])}   "
+    for label, mse_set in results.get("mse_domains", {}).items():
+        for m, r in mse_set["mse"].items():
+            print(f"MSE {label} {m:12s} key {' '.join(f'{x:.3g}' for x in r['key'])}   "
                   f"value {' '.join(f'{x:.3g}' for x in r['value'])}")
     return results
 
 
-def run_metadata(args, lib, codebook_files, texts, names):
+def run_metadata(args, lib, codebook_files, names):
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -380,9 +567,6 @@ def run_metadata(args, lib, codebook_files, texts, names):
         "library": lib.commvq.version() if lib else None,
         "codebooks": {str(b): f for b, f in codebook_files.items()},
         "settings": names,
-        "texts": {"quick": args.quick,
-                  "essay_bytes": sum(len(t) - f for _, t, f in texts["essays"]),
-                  "repeat_bytes": sum(len(t) - f for _, t, f in texts["repeat"])},
     }
 
 
@@ -408,9 +592,19 @@ def save_results(path, results):
 PAPER_KEY_MSE_L0_1BIT = 0.0095  # the CommVQ paper's figure: LLaMA-3.1-8B, layer 0, R = 11
 
 
+def mse_sets(results):
+    """[(domain label, mse table, run, tokens)] of a results file, old or new."""
+    if "mse_domains" in results:
+        return [(l, m["mse"], m["run"], m["tokens"]) for l, m in results["mse_domains"].items()]
+    if "mse" in results:
+        return [("essays", results["mse"], results["mse_run"], results["mse_tokens"])]
+    return []
+
+
 def render(results, section=""):
     rows, texts = results["settings"], results["texts"]
     exact = rows.get("exact")
+    domains = domain_labels(texts)
     lines = []
     used = {r["run"] for r in rows.values()}
 
@@ -427,41 +621,72 @@ def render(results, section=""):
             lines.append(f"- {b}-bit codebook: `{c['path']}` (R = {c['key_stages']}, fingerprint {c['fingerprint']})")
         lines.append("")
     lines += ["CommVQ rows name their codebook by the first digits of its fingerprint.", ""]
-    lines += [f"Essays: {texts['essay_bytes']} bytes predicted; repeat: {texts['repeat_bytes']} bytes "
-              "(second copies only)" + (" (--quick)" if texts["quick"] else "") + ".", ""]
+    if "domains" in texts:
+        lines.append("Text, per domain (files identified by the sha256 of their bytes in the results file):")
+        lines.append("")
+        for label, d in texts["domains"].items():
+            cut = ("every chunk" if not d["chunks_per_file"] else
+                   f"{d['chunks_per_file']} chunk(s) of {texts['chunk']} bytes per file, evenly spread")
+            what = ("pieces followed by themselves, second copies scored" if d["kind"] == "repeat"
+                    else f"independent {texts['chunk']}-byte chunks, {cut}")
+            names = ", ".join(os.path.basename(f["path"]) for f in d["files"][:6]) + \
+                (f" and {len(d['files']) - 6} more" if len(d["files"]) > 6 else "")
+            lines.append(f"- *{label}*: {d['scored_bytes']} bytes predicted in {d['chunks']} chunks "
+                         f"({what}) from {len(d['files'])} files ({names})" +
+                         (" (--quick)" if texts["quick"] else "") + ".")
+        lines.append("")
+    else:
+        lines += [f"Essays: {texts['essay_bytes']} bytes predicted; repeat: {texts['repeat_bytes']} bytes "
+                  "(second copies only)" + (" (--quick)" if texts["quick"] else "") + ".", ""]
     n_layers = len(next(iter(rows.values()))["attention_rel_error"])
-    head = ["setting", "run", "bits/elem", "window", "essays bpb", "Δ vs exact", "repeat bpb", "Δ vs exact"] + \
-           [f"attn err L{l}" for l in range(n_layers)] + ["cache vs decoded"]
+    head = ["setting", "run", "bits/elem", "window"]
+    for label, _ in domains:
+        head += [f"{label} bpb", "Δ vs exact"]
+    head += [f"attn err L{l}" for l in range(n_layers)] + ["cache vs decoded"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in all_settings():
-        if name not in rows:
-            continue
+    shown = [n for n in all_settings() if n in rows]
+    for name in shown:
         r = rows[name]
         s = r["setting"]
-        def delta(text):
-            return f"{r[text]['bpb'] - exact[text]['bpb']:+.4f}" if exact and name != "exact" else ""
+        cells = []
+        for label, _ in domains:
+            d, x = row_domain(r, label), row_domain(exact, label) if exact else None
+            cells.append(f"{d['bpb']:.4f}" if d else "")
+            cells.append(f"{d['bpb'] - x['bpb']:+.4f}" if d and x and name != "exact" else "")
         errs = ["" if e is None else f"{e:.4f}" for e in r["attention_rel_error"]]
         label = name + (f" ({r['codebook']['fingerprint'][:8]})" if "codebook" in r else "")
-        lines.append("| " + " | ".join([label, run_label(r["run"]), f"{r['bits_per_element']:.2f}", str(s.get("window", "—")),
-                                        f"{r['essays']['bpb']:.4f}", delta("essays"),
-                                        f"{r['repeat']['bpb']:.4f}", delta("repeat")] + errs +
+        lines.append("| " + " | ".join([label, run_label(r["run"]), f"{r['bits_per_element']:.2f}",
+                                        str(s.get("window", "—"))] + cells + errs +
                                        [f"{max(r['cache_vs_decoded_rel_error']):.1e}"
                                         if "cache_vs_decoded_rel_error" in r else ""]) + " |")
-    if "mse" in results:
+    per_domain = [l for l, _ in domains if any((row_domain(rows[n], l) or {}).get("attention_rel_error")
+                                                for n in shown)]
+    if len(per_domain) > 1:
+        lines += ["", "Attention-output relative error per layer, by domain:", ""]
+        head = ["setting"] + [f"{l} L{i}" for l in per_domain for i in range(n_layers)]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name in shown:
+            cells = []
+            for l in per_domain:
+                e = (row_domain(rows[name], l) or {}).get("attention_rel_error") or [None] * n_layers
+                cells += ["" if x is None else f"{x:.4f}" for x in e]
+            lines.append("| " + " | ".join([name] + cells) + " |")
+    for label, mse, mse_run, tokens in mse_sets(results):
         lines += ["", f"Key and value MSE per element (all tokens quantized, window 0) on "
-                  f"{results['mse_tokens']} tokens of essay keys and values from the exact setting "
-                  f"(run {run_label(results['mse_run'])}):", ""]
+                  f"{tokens} tokens of {'essay' if label == 'essays' else label} keys and values from the exact setting "
+                  f"(run {run_label(mse_run)}):", ""]
         head = ["method"] + [f"key L{l}" for l in range(n_layers)] + [f"value L{l}" for l in range(n_layers)]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for m, r in results["mse"].items():
+        for m, r in mse.items():
             lines.append("| " + " | ".join([m] + [f"{x:.3g}" for x in r["key"] + r["value"]]) + " |")
-        ms = results["mse"]["mean square"]
+        ms = mse["mean square"]
         lines += ["", "The same relative to the tensors' mean square (MSE / mean square):", ""]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for m, r in results["mse"].items():
+        for m, r in mse.items():
             if m != "mean square":
                 rel = [x / y for x, y in zip(r["key"] + r["value"], ms["key"] + ms["value"])]
                 lines.append("| " + " | ".join([m] + [f"{x:.3g}" for x in rel]) + " |")
+    if mse_sets(results):
         lines += ["", f"For orientation, the paper's 1-bit key MSE on LLaMA-3.1-8B layer 0 is "
                       f"{PAPER_KEY_MSE_L0_1BIT} (value 0.00027). bytellama's layer 0 is degenerate "
                       "(its keys depend on the current byte alone), so judge layers 1-3."]
@@ -482,29 +707,57 @@ def write_report(path, results, section):
         f.write(before + begin + "\n" + render(results, section) + end + after)
 
 
-def main():
+def parser():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--library", help="libcommvq shared library (needed for commvq settings and MSE)")
     ap.add_argument("--codebook", action="append", default=[], metavar="BITS=PATH",
                     help="codebook file for a bit width, e.g. 1=data/codebooks/bytellama-13m-1bit.safetensors")
     ap.add_argument("--model", default=bytellama.default_model_dir(), help="bytellama-13m directory")
     ap.add_argument("--eval-dir", default=None, help="eval-dev directory (default: beside the model)")
+    ap.add_argument("--text", action="append", nargs="+", default=[], metavar="LABEL:FILE",
+                    help="a domain of text to score in independent chunks: LABEL:FILE [FILE...] (later files "
+                         "take the label; a label named again adds files), e.g. --text prose:a.txt b.txt "
+                         "--text code:c.py; with --text or --repeat only the given domains run "
+                         "(default: essays, repeat and stdlib from --eval-dir)")
+    ap.add_argument("--repeat", action="append", nargs="+", default=[], metavar="LABEL:FILE",
+                    help=f"a long-context domain: {REPEAT_PIECES} pieces of {REPEAT_PIECE} bytes of the file, "
+                         "each followed by itself, the second copy scored")
+    ap.add_argument("--chunks-per-file", action="append", default=[], metavar="LABEL=N",
+                    help=f"score at most N chunks of each file of a domain, evenly spread (0: all; the "
+                         f"standard stdlib domain: {STDLIB_CHUNKS_PER_FILE})")
+    ap.add_argument("--list-texts", action="store_true",
+                    help="print the domains, files (sha256) and chunks a run would score, run nothing")
     ap.add_argument("--settings", default=None, help="comma-separated settings (default: all; --quick: a few)")
-    ap.add_argument("--quick", action="store_true", help="2 essay chunks, 1 repeat chunk, 3 settings")
+    ap.add_argument("--quick", action="store_true", help="the last 2 chunks of each domain (repeat: 1), 3 settings")
     ap.add_argument("--check-decoded", action="store_true",
                     help="also compare the cache's attention with exact attention over decoded tokens "
                          "(always with --quick)")
     ap.add_argument("--mse-chunks", type=int, default=8,
-                    help="essay chunks the exact setting measures key and value MSE on (default 8)")
+                    help="chunks of each domain the exact setting measures key and value MSE on (default 8)")
     ap.add_argument("--threads", type=int, default=0, help="torch and library CPU threads (0: all cores)")
     ap.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
     ap.add_argument("--results", default=None, help="JSON file the results accumulate in")
     ap.add_argument("--report", default=None, help="markdown file whose quality section is rewritten")
     ap.add_argument("--section", default="", help="name of the marked section --report rewrites (default: none)")
     ap.add_argument("--report-only", action="store_true", help="render --results into --report, run nothing")
-    args = ap.parse_args()
+    return ap
+
+
+def parse_args(argv=None):
+    args = parser().parse_args(argv)
     args.eval_dir = args.eval_dir or os.path.join(os.path.dirname(os.path.dirname(
         os.path.normpath(args.model))), "data", "eval-dev")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.list_texts:
+        try:
+            print_plan(plan(args)[2])
+        except ValueError as e:
+            raise SystemExit(str(e))
+        return 0
     results = load_results(args.results) if args.report_only else run(args)
     if args.report:
         write_report(args.report, results, args.section)

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """commvq-train takes the model's settings from the KV file and refuses flags
-that contradict it; its progress is a bar only on a terminal.
+that contradict it; its progress is a bar only on a terminal; --eval compares
+a file's error with the calibration data's and flags one out of domain.
 
 Usage: test_commvq_train.py COMMVQ_TRAIN SCRATCH_DIR
 The KV files are made here: small random keys and values with the metadata
@@ -41,12 +42,20 @@ TINY = ["--stages", "2", "--sub-centers", "4", "--key-steps", "2", "--value-step
         "--value-hidden", "8", "--threads", "1"]
 
 
-def write_kv(path, metadata, queries=True):
-    rng = np.random.default_rng(7)
+def write_kv(path, metadata, queries=True, rank=None, seed=7):
+    """Random keys and values; with rank, each head's keys and values lie in a
+    rank-dimensional subspace (a narrow "domain" a codebook fits closely)."""
+    rng = np.random.default_rng(seed)
     tensors = {}
+    basis = np.random.default_rng(3).standard_normal((rank or HEAD_DIM, HEAD_DIM)).astype(np.float32)
+
+    def draw():
+        x = rng.standard_normal((TOKENS, KV_HEADS, rank or HEAD_DIM), dtype=np.float32)
+        return x @ basis if rank else x
+
     for layer in range(LAYERS):
-        tensors[f"keys.{layer}"] = rng.standard_normal((TOKENS, KV_HEADS, HEAD_DIM), dtype=np.float32)
-        tensors[f"values.{layer}"] = rng.standard_normal((TOKENS, KV_HEADS, HEAD_DIM), dtype=np.float32)
+        tensors[f"keys.{layer}"] = draw()
+        tensors[f"values.{layer}"] = draw()
         if queries:
             tensors[f"queries.{layer}"] = rng.standard_normal((QUERIES, Q_HEADS, HEAD_DIM), dtype=np.float32)
     header, offset = {"__metadata__": metadata}, 0
@@ -71,18 +80,26 @@ class Trainer:
     def __init__(self, tool, scratch):
         self.tool, self.scratch, self.runs = tool, scratch, 0
 
-    def kv(self, name, metadata=METADATA, queries=True):
+    def kv(self, name, metadata=METADATA, queries=True, **kw):
         path = os.path.join(self.scratch, name)
-        write_kv(path, metadata, queries)
+        write_kv(path, metadata, queries, **kw)
         return path
 
-    def run(self, kv, *flags):
-        """(exit status, stderr, codebook metadata or None); stdout and stderr are files, not a terminal."""
+    def run(self, kv, *flags, stdout=False):
+        """(exit status, stderr, codebook metadata or None[, stdout]); stdout and stderr are files, not a terminal."""
         self.runs += 1
         out = os.path.join(self.scratch, f"codebook{self.runs}.safetensors")
+        self.last = out
         result = subprocess.run([self.tool, "-i", kv, "-o", out, *TINY, *flags], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, timeout=120)
-        return result.returncode, result.stderr, codebook_metadata(out) if result.returncode == 0 else None
+        got = (result.returncode, result.stderr, codebook_metadata(out) if result.returncode == 0 else None)
+        return got + (result.stdout,) if stdout else got
+
+    def tool_run(self, *args):
+        """(exit status, stdout, stderr) of the tool with exactly these arguments."""
+        result = subprocess.run([self.tool, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                timeout=120)
+        return result.returncode, result.stdout, result.stderr
 
     def refused(self, kv, flags, *fragments):
         status, err, _ = self.run(kv, *flags)
@@ -142,6 +159,45 @@ def main(tool, scratch):
     status, err, meta = t.run(bare, "--rope-theta", "1e6", "--q-heads", "4")
     assert status == 0 and float(meta["rope_theta"]) == 1e6 and meta["n_q_heads"] == "4", err
     print("a file without metadata: defaults with warnings, or the flags")
+
+    # --eval: the error next to the calibration data's; a file far out of the
+    # codebook's domain is flagged. The calibration keys and values lie in a
+    # 2-dimensional subspace per head; "wide" fills all 8 dimensions.
+    narrow = t.kv("narrow.safetensors", rank=2)
+    narrow2 = t.kv("narrow2.safetensors", rank=2, seed=8)  # the same subspace, other tokens
+    wide = t.kv("wide.safetensors", seed=9)
+    status, err, _, out = t.run(narrow, "--eval", narrow, "--eval", wide, stdout=True)
+    assert status == 0, err
+    assert "calibrate on them too" in err and "Calibration text" in err, err
+    checks = out.split("domain check of ")[1:]
+    assert len(checks) == 2, out
+    assert checks[0].startswith(narrow) and "against the calibration data (" + narrow in checks[0], checks[0]
+    assert "within the calibration data's domain" in checks[0] and "OUT OF DOMAIN" not in checks[0], checks[0]
+    assert checks[1].startswith(wide) and "WARNING: " + wide + " is OUT OF DOMAIN" in checks[1], checks[1]
+    assert "layer 1  keys" in checks[1] and "x the calibration data's (above 1.5x)" in checks[1], checks[1]
+    codebook = t.last
+    print("--eval after training: in domain on the calibration data, out of domain on other data")
+
+    # A codebook given with --codebook: compared with --calib, or told how to compare.
+    status, out, err = t.tool_run("--codebook", codebook, "--eval", wide)
+    assert status == 0 and "pass --calib" in out and "domain check" not in out, (out, err)
+    status, out, err = t.tool_run("--codebook", codebook, "--calib", narrow, "--eval", narrow2, "--eval", wide,
+                                  "--threads", "1")
+    assert status == 0, err
+    checks = out.split("domain check of ")[1:]
+    assert len(checks) == 2 and "OUT OF DOMAIN" not in checks[0] and "OUT OF DOMAIN" in checks[1], out
+    # A threshold above every ratio flags nothing.
+    status, out, err = t.tool_run("--codebook", codebook, "--calib", narrow, "--eval", wide, "--ood-ratio", "1e12")
+    assert status == 0 and "OUT OF DOMAIN" not in out and "within" in out, out
+    for flags, fragment in ((["--codebook", codebook, "--calib", narrow], "--calib needs --eval"),
+                            (["-i", narrow, "-o", os.path.join(scratch, "x.safetensors"), "--calib", narrow,
+                              "--eval", wide], "--calib goes with --codebook"),
+                            (["--codebook", codebook, "--eval", wide, "--ood-ratio", "0"], "must be positive")):
+        status, out, err = t.tool_run(*flags)
+        assert status == 2 and fragment in err, (flags, status, err)
+    status, out, _ = t.tool_run("--help")
+    assert status == 0 and "must cover every domain the model will read" in out, out
+    print("--codebook --eval with --calib; bad flags refused; the help says what calibration must cover")
 
     # On a terminal: the bar, redrawn in place.
     leader, follower = pty.openpty()
