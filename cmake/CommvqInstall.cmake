@@ -55,3 +55,8 @@ endif()
 list(JOIN _pc_private " " COMMVQ_PC_LIBS_PRIVATE)
 configure_file(cmake/commvq.pc.in ${CMAKE_CURRENT_BINARY_DIR}/commvq.pc @ONLY)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/commvq.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+
+# The Python package (pure Python; it finds LIBDIR/libcommvq.so.0 of the same
+# prefix): PYTHONPATH=PREFIX/LIBDIR/python3/site-packages, or use the wheel.
+install(DIRECTORY ${CMAKE_SOURCE_DIR}/bindings/python/commvq
+  DESTINATION ${CMAKE_INSTALL_LIBDIR}/python3/site-packages PATTERN __pycache__ EXCLUDE)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the built library into a scratch prefix, then builds a C99
 # program against it four times: through pkg-config and find_package, with the
-# shared library and with the static one.
+# shared library and with the static one; then imports the installed Python
+# package from outside the source tree, with no library path set.
 set -euo pipefail
 build_dir="$1"; source_dir="$2"; work="$3"
 rm -rf "$work" && mkdir -p "$work"
@@ -39,3 +40,12 @@ cp "$libdir/pkgconfig/commvq.pc" "$static_libdir/pkgconfig/"
 cc -std=c99 -pedantic -Wall -Wextra -Werror "$source_dir/consumer.c" -o "$work/consumer_static" \
   $(PKG_CONFIG_PATH="$static_libdir/pkgconfig" pkg-config --static --cflags --libs commvq)
 expect_static "$work/consumer_static"
+
+# The Python package of the prefix loads the prefix's library by itself.
+(cd "$work" && env -u COMMVQ_LIBRARY -u LD_LIBRARY_PATH PYTHONPATH="$libdir/python3/site-packages" /usr/bin/python3 -B -c "
+import os, sys, commvq
+lib = os.path.realpath(commvq.library_path())
+assert lib.startswith(os.path.realpath(sys.argv[1])), lib
+assert os.path.realpath(commvq.__file__).startswith(os.path.realpath(sys.argv[1])), commvq.__file__
+print('python package from the prefix:', commvq.version(), lib)
+" "$work/prefix")

@@ -218,10 +218,15 @@ _library_lock = threading.Lock()
 # Where an installed wheel keeps its copy of the library (see pyproject.toml);
 # a source checkout on sys.path has none there.
 BUNDLED_LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libcommvq.so")
+# Where `cmake --install` puts the package (LIBDIR/python3/site-packages/commvq)
+# and the library (LIBDIR/libcommvq.so.0) of the same prefix.
+PREFIX_LIBRARY = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                                               "libcommvq.so.0"))
 
 
 def _default_path() -> str:
-    """$COMMVQ_LIBRARY, else the wheel's own copy, else the installed library.
+    """$COMMVQ_LIBRARY, else the wheel's own copy, else the library of the
+    prefix the package was installed into, else the system's.
 
     The bundled copy comes before the system's search path so that a wheel
     keeps working, unchanged, beside any other libcommvq on the machine.
@@ -229,8 +234,9 @@ def _default_path() -> str:
     explicit = os.environ.get("COMMVQ_LIBRARY")
     if explicit:
         return explicit
-    if os.path.exists(BUNDLED_LIBRARY):
-        return BUNDLED_LIBRARY
+    for path in (BUNDLED_LIBRARY, PREFIX_LIBRARY):
+        if os.path.exists(path):
+            return path
     return ctypes.util.find_library("commvq") or "libcommvq.so.0"
 
 
