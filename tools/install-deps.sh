@@ -7,6 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   doctest-dev nlohmann-json3-dev libopenblas-dev
   python3 python3-numpy python3-torch
+  clang libclang-rt-14-dev
 )
 if [ -f "$(dirname "$0")/../.ci/bindings-packages.txt" ]; then
   while read -r p; do
