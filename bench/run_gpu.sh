@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What runs on the GPU machine (docs/PERF.md, docs/GPU.md): build for sm_90,
 # the gpu-labelled tests, optionally compute-sanitizer, then the benchmark.
-#   [BENCH_ARGS="decode full encode prompt"] [TEST_CASES="gpu: *"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train] [ncu]
+#   [BENCH_ARGS="decode full encode prompt"] [TEST_CASES="gpu: *"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train] [ncu] [ncu_source]
 # (TEST_TIMEOUT, BENCH_TIMEOUT, SANITIZE_TIMEOUT, NCU_TIMEOUT and SANITIZE_TOOLS bound each step;
 # ncu reads the attention kernel's counters at 1 bit, B=1, 128K.)
 # Logs go to $OUT when set, else build-gpu/logs.
@@ -39,6 +39,15 @@ for step in "$@"; do
       --print-metric-instances values \
       python3 bench/bench.py build-gpu/bench/libcommvq_bench.so decode > "$OUTDIR/ncu.txt" 2>&1
     echo "ncu: exit $?"; grep -E "Duration|Achieved Occupancy|Executed Instructions |stalled|per_opcode" "$OUTDIR/ncu.txt" | head -40 ;;
+  ncu_source)
+    # Stall samples per SASS instruction of the attention kernel (same case
+    # as ncu): the report, and its source page as CSV for reading elsewhere.
+    BENCH_CASES=${NCU_CASES:-1:1:131072} timeout ${NCU_TIMEOUT:-240} ncu --clock-control none -k regex:attend_kernel -s 2 -c 1 \
+      --section SourceCounters --section WarpStateStats -f -o "$OUTDIR/attend_source" \
+      python3 bench/bench.py build-gpu/bench/libcommvq_bench.so decode > "$OUTDIR/ncu_source.log" 2>&1
+    echo "ncu source: exit $?"
+    ncu --import "$OUTDIR/attend_source.ncu-rep" --page source --csv --print-source sass > "$OUTDIR/attend_sass.csv" 2>&1
+    echo "source page: exit $? ($(wc -l < "$OUTDIR/attend_sass.csv") lines)"; gzip -f "$OUTDIR/attend_sass.csv" ;;
   bench)
     PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-300} python3 bench/bench.py build-gpu/bench/libcommvq_bench.so ${BENCH_ARGS:-} 2>&1 | tee "$OUTDIR/bench.md" ;;
   esac

@@ -23,6 +23,7 @@
 #include <climits>
 #include <cstdlib>
 
+#include "attention/async_copy.cuh"
 #include "attention/cluster.cuh"
 #include "attention/key_scores.cuh"
 #include "attention/merge.h"
@@ -37,7 +38,8 @@ namespace {
 
 using namespace attention;
 
-// Copies stage group [r0, r0 + rn) of KV head g's table into shared memory.
+// Copies stage group [r0, r0 + rn) of KV head g's table into shared memory
+// (asynchronously: all of it in flight at once; the caller waits).
 __device__ void load_table(const AttendParams& p, const SharedLayout& L, uint8_t* smem, uint32_t g, uint32_t r0,
                            uint32_t rn) {
     const uint32_t stage_bytes = kSubCenters * L.table_row_bytes;
@@ -45,7 +47,7 @@ __device__ void load_table(const AttendParams& p, const SharedLayout& L, uint8_t
                                                       (size_t(g) * p.m.key_stages + r0) * stage_bytes);
     uint4* dst = reinterpret_cast<uint4*>(smem + L.table);
     const uint32_t n16 = rn * stage_bytes / 16;
-    for (uint32_t i = threadIdx.x; i < n16; i += kThreads) dst[i] = src[i];
+    for (uint32_t i = threadIdx.x; i < n16; i += kThreads) copy_async16(dst + i, src + i);
 }
 
 // One token's place in the pool and its two scalars.
@@ -63,15 +65,6 @@ __device__ __forceinline__ TokenInfo token_info(const PoolView& pool, size_t tab
     t.scale = reinterpret_cast<const float*>(b + pool.key_scales_offset)[t.slot * n_key_scales + scale_index];
     t.weight = reinterpret_cast<const float*>(b + pool.value_weights_offset)[t.slot];
     return t;
-}
-
-__device__ __forceinline__ void copy_async4(void* shared_dst, const void* global_src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(shared_address(shared_dst)), "l"(global_src)
-                 : "memory");
-}
-
-__device__ __forceinline__ void wait_async_copies() {
-    asm volatile("cp.async.commit_group;\n\tcp.async.wait_group 0;" ::: "memory");
 }
 
 template <int HEAD_DIM, int G, int MPW, int NPW>
@@ -161,6 +154,7 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
                 __syncthreads();
                 load_table(p, L, smem, g, r0, rn);
                 loaded_group = grp;
+                wait_async_copies();  // the value bits' copies too
                 __syncthreads();
             }
             score_chunk<HEAD_DIM, G>(p, L, smem, g, c0, cn, r0, rn, grp == 0, q);

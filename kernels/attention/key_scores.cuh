@@ -16,6 +16,7 @@
 
 #include <cuda_fp16.h>
 
+#include "attention/async_copy.cuh"
 #include "attention/layout.h"
 #include "device_common.cuh"
 
@@ -68,10 +69,6 @@ struct HeadSums {
         }
     }
 };
-
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-    return uint32_t(__cvta_generic_to_shared(p));
-}
 
 __device__ __forceinline__ uint4 lds128(uint32_t address) {
     uint4 v;
