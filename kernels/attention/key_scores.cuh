@@ -96,12 +96,12 @@ __device__ __forceinline__ void add_rows(__half2 (&s)[4], uint4 a, uint4 b, uint
     for (int k = 0; k < 4; ++k) s[k] = __hadd2(s[k], __hadd2(__hadd2(ha[k], hb[k]), __hadd2(hc[k], hd[k])));
 }
 
-// The two bytes that hold a 12-bit code (codes start on a nibble), as a
-// 16-bit value, or ~0 when there is no such code.
-__device__ __forceinline__ uint32_t code_bytes(const PoolView& pool, uint32_t block, uint32_t slot, uint32_t bit) {
-    const uint8_t* b = pool.base + size_t(block) * pool.block_bytes + pool.key_codes_offset +
-                       size_t(slot) * pool.key_code_bytes + bit / 8;
-    return uint32_t(b[0]) | uint32_t(b[1]) << 8;
+// The address of the first of the two bytes that hold a 12-bit code (codes
+// start on a nibble).
+__device__ __forceinline__ const uint8_t* code_address(const PoolView& pool, uint32_t block, uint32_t slot,
+                                                       uint32_t bit) {
+    return pool.base + size_t(block) * pool.block_bytes + pool.key_codes_offset + size_t(slot) * pool.key_code_bytes +
+           bit / 8;
 }
 
 // Scores of the chunk's tokens [0, cn) (compressed indices c0 + i) for the
@@ -142,12 +142,20 @@ __device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_
         rope_angle(kStep, f, &step_c[k], &step_s[k]);
     }
 
-    uint32_t next[kPasses];  // code bytes of this lane's stages of its next token
+    // Code bytes of this lane's stages of its next token, loaded one warp
+    // step ahead without a branch (past the chunk or the group, a valid
+    // address is read and the bytes are not used) and combined only where
+    // they are used, so that nothing waits for the loads until then.
+    uint32_t next_lo[kPasses], next_hi[kPasses];
     auto fetch = [&](uint32_t t) {
+        const uint32_t tc = min(t, cn - 1);
+        const uint32_t block = tok_block[tc], slot = tok_slot[tc];
 #pragma unroll
         for (int k = 0; k < kPasses; ++k) {
-            const uint32_t r = part + k * LPT;
-            next[k] = t < cn && r < rn ? code_bytes(pool, tok_block[t], tok_slot[t], key_bit0 + r * m.code_bits) : ~0u;
+            const uint32_t r = min(part + k * LPT, rn - 1);
+            const uint8_t* b = code_address(pool, block, slot, key_bit0 + r * m.code_bits);
+            next_lo[k] = __ldg(b);
+            next_hi[k] = __ldg(b + 1);
         }
     };
     fetch(warp * TPW + sub);
@@ -159,8 +167,9 @@ __device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_
             const uint32_t r = part + k * LPT;
             if (r < stages) {
                 uint2 o = make_uint2(L.zero_row, L.zero_row);
-                if (next[k] != ~0u) {
-                    const uint32_t code = (next[k] >> ((key_bit0 + r * m.code_bits) % 8)) & code_mask;
+                if (t < cn && r < rn) {
+                    const uint32_t bytes = next_lo[k] | next_hi[k] << 8;
+                    const uint32_t code = (bytes >> ((key_bit0 + r * m.code_bits) % 8)) & code_mask;
                     o.x = (r * kSubCenters + code / kSubCenters) * row_bytes;
                     o.y = (r * kSubCenters + code % kSubCenters) * row_bytes;
                 }
@@ -172,10 +181,16 @@ __device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_
         __half2 sa[4], sb[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) sa[k] = sb[k] = __float2half2_rn(0.0f);
+        // The offsets of the next 4 stages are read while this 4's rows are
+        // gathered (after the last 4, the same ones again).
+        uint4 o01 = lds128_after_stores(to), o23 = lds128_after_stores(to + 16);
         for (uint32_t r = 0; r < stages; r += 4) {
-            const uint4 o01 = lds128_after_stores(to + r * 8), o23 = lds128_after_stores(to + r * 8 + 16);
+            const uint32_t next_r = r + 4 < stages ? r + 4 : r;
+            const uint4 n01 = lds128_after_stores(to + next_r * 8), n23 = lds128_after_stores(to + next_r * 8 + 16);
             add_rows(sa, lds128(table + o01.x), lds128(table + o01.z), lds128(table + o23.x), lds128(table + o23.z));
             add_rows(sb, lds128(table + o01.y), lds128(table + o01.w), lds128(table + o23.y), lds128(table + o23.w));
+            o01 = n01;
+            o23 = n23;
         }
         // k = z_A + i z_B, rotated by the token's position, dotted with the queries.
         float dot[G];
