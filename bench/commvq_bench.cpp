@@ -181,7 +181,9 @@ __attribute__((visibility("default"))) int cvq_bench_encode(uint32_t bits, uint3
     std::vector<float*> owned;
     auto up = [&](const std::vector<float>& h) { owned.push_back(upload(h)); return owned.back(); };
     const LayerCodebook& lc = cb.layers[0];
-    cuda::KeyTables kt{up(lc.keys.sub_centers), up(cb.cross[0]), up(cb.norms[0])};
+    std::vector<float> row_min(cb.norms[0].size());
+    cuda::key_cross_row_minima(cb.cross[0].data(), row_min.size(), cb.sub_centers, row_min.data());
+    cuda::KeyTables kt{up(lc.keys.sub_centers), up(cb.cross[0]), up(cb.norms[0]), up(row_min)};
     const ValueCodebook& vc = lc.values;
     cuda::ValueTables vt{up(vc.lambda), up(vc.norm_weight), up(vc.norm_bias), up(vc.enc1_weight),
                          up(vc.enc1_bias), up(vc.enc2_weight), up(vc.enc2_bias), up(vc.codebook)};

@@ -166,7 +166,7 @@ private:
 
     // Device memory.
     DeviceBuffer pool_, slots_, tables_, states_;
-    DeviceBuffer key_half_, key_centers_, key_cross_, key_norms_, rope_freq_, value_tables_;
+    DeviceBuffer key_half_, key_centers_, key_cross_, key_norms_, key_row_min_, rope_freq_, value_tables_;
     DeviceBuffer enc_t_, enc_scales_, enc_codes_, enc_bits_, enc_weights_, enc_scratch_, stage_k_, stage_v_;
     DeviceBuffer q_in_, partials_, out_stage_, lse_stage_, cublas_workspace_;
     std::vector<size_t> value_offsets_;  // per layer, 8 arrays each, in floats
@@ -216,6 +216,8 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
     key_half_.allocate(n_centers * 2, "the key codebook (half)");
     key_cross_.allocate(size_t(L) * H * R * C * C * 4, "the key cross tables");
     key_norms_.allocate(size_t(L) * H * R * C * 4, "the key norms");
+    key_row_min_.allocate(size_t(L) * H * R * C * 4, "the key cross tables' row minima");
+    std::vector<float> row_min(size_t(H) * R * C);
     for (uint32_t l = 0; l < L; ++l) {
         const size_t per = size_t(H) * R * C * d;
         check_cuda(cudaMemcpy(key_centers_.get<float>() + l * per, cb.layers[l].keys.sub_centers.data(), per * 4,
@@ -223,6 +225,9 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
         check_cuda(cudaMemcpy(key_cross_.get<float>() + l * size_t(H) * R * C * C, cb.cross[l].data(),
                               size_t(H) * R * C * C * 4, cudaMemcpyHostToDevice), "cudaMemcpy");
         check_cuda(cudaMemcpy(key_norms_.get<float>() + l * size_t(H) * R * C, cb.norms[l].data(),
+                              size_t(H) * R * C * 4, cudaMemcpyHostToDevice), "cudaMemcpy");
+        cuda::key_cross_row_minima(cb.cross[l].data(), size_t(H) * R * C, C, row_min.data());
+        check_cuda(cudaMemcpy(key_row_min_.get<float>() + l * size_t(H) * R * C, row_min.data(),
                               size_t(H) * R * C * 4, cudaMemcpyHostToDevice), "cudaMemcpy");
     }
     check_cuda(cuda::launch_float_to_half(key_centers_.get<float>(), n_centers, key_half_.get(), nullptr),
@@ -330,6 +335,7 @@ cuda::KeyTables CudaBackend::key_tables(uint32_t layer) const {
     t.sub_centers = key_centers_.get<float>() + layer * H * R * C * cb_.head_dim;
     t.cross = key_cross_.get<float>() + layer * H * R * C * C;
     t.norms = key_norms_.get<float>() + layer * H * R * C;
+    t.cross_row_min = key_row_min_.get<float>() + layer * H * R * C;
     return t;
 }
 
@@ -621,8 +627,8 @@ void CudaBackend::write_uncompressed(uint32_t layer, const LayerView& view, uint
 }
 
 uint64_t CudaBackend::bytes_codebook() const {
-    return key_half_.bytes() + key_centers_.bytes() + key_cross_.bytes() + key_norms_.bytes() + rope_freq_.bytes() +
-           value_tables_.bytes();
+    return key_half_.bytes() + key_centers_.bytes() + key_cross_.bytes() + key_norms_.bytes() + key_row_min_.bytes() +
+           rope_freq_.bytes() + value_tables_.bytes();
 }
 
 uint64_t CudaBackend::bytes_reserved() const {

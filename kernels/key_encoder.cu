@@ -1,6 +1,7 @@
 // Launchers of key encoding: gathering and normalizing the keys, then the
 // residual search of key_encoder.cuh.
 #include <algorithm>
+#include <cmath>
 
 #include "key_encoder.cuh"
 
@@ -61,16 +62,24 @@ prepare_keys_kernel(const __grid_constant__ ModelShape m, const __grid_constant_
     }
 }
 
-template <int HEAD_DIM>
+template <int HEAD_DIM, key_encoding::KeySearch SEARCH>
 int launch_encode_t(const ModelShape& m, const KeyTables& tables, uint32_t n, float* t, uint16_t* codes,
                     cudaStream_t stream) {
-    auto kernel = key_encoding::encode_kernel<HEAD_DIM>;
+    auto kernel = key_encoding::encode_kernel<HEAD_DIM, SEARCH>;
     constexpr size_t smem = key_encoding::smem_bytes<HEAD_DIM>();
     cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (e != cudaSuccess) return int(e);
     const dim3 grid((n + key_encoding::kTokens - 1) / key_encoding::kTokens, m.n_kv_heads);
     kernel<<<grid, key_encoding::kThreads, smem, stream>>>(tables, n, m.n_kv_heads, m.key_stages, t, codes);
     return int(cudaGetLastError());
+}
+
+template <int HEAD_DIM>
+int launch_encode_t(const ModelShape& m, const KeyTables& tables, uint32_t n, float* t, uint16_t* codes,
+                    bool full_scan, cudaStream_t stream) {
+    using key_encoding::KeySearch;
+    return full_scan ? launch_encode_t<HEAD_DIM, KeySearch::full_scan>(m, tables, n, t, codes, stream)
+                     : launch_encode_t<HEAD_DIM, KeySearch::pruned>(m, tables, n, t, codes, stream);
 }
 
 }  // namespace
@@ -84,13 +93,21 @@ int launch_prepare_keys(const ModelShape& m, const EncodeSource& src, uint32_t n
 }
 
 int launch_encode_keys(const ModelShape& m, const KeyTables& tables, uint32_t n, float* t, uint16_t* codes,
-                       void* stream) {
+                       void* stream, bool full_scan) {
     if (n == 0) return 0;
-    if (m.sub_centers != key_encoding::kC) return int(cudaErrorInvalidValue);
+    if (m.sub_centers != key_encoding::kC || !tables.cross_row_min) return int(cudaErrorInvalidValue);
     switch (m.head_dim) {
-    case 64: return launch_encode_t<64>(m, tables, n, t, codes, cudaStream_t(stream));
-    case 128: return launch_encode_t<128>(m, tables, n, t, codes, cudaStream_t(stream));
+    case 64: return launch_encode_t<64>(m, tables, n, t, codes, full_scan, cudaStream_t(stream));
+    case 128: return launch_encode_t<128>(m, tables, n, t, codes, full_scan, cudaStream_t(stream));
     default: return int(cudaErrorInvalidValue);
+    }
+}
+
+void key_cross_row_minima(const float* cross, size_t n_rows, uint32_t C, float* row_min) {
+    for (size_t i = 0; i < n_rows; ++i) {
+        float m = INFINITY;  // exactly the least float of the row, as the pruning bound needs
+        for (uint32_t b = 0; b < C; ++b) m = cross[i * C + b] < m ? cross[i * C + b] : m;
+        row_min[i] = m;
     }
 }
 

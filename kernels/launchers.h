@@ -95,14 +95,19 @@ struct EncodeSource {
 int launch_prepare_keys(const ModelShape& m, const EncodeSource& src, uint32_t n, const double* rope_freq,
                         float* t, float* scales, void* stream);
 // Greedy residual search over the key codebook of one layer:
-// codes [n][n_kv_heads][key_stages].
+// codes [n][n_kv_heads][key_stages] of the residuals t [n][n_kv_heads][head_dim].
 struct KeyTables {
-    const float* sub_centers = nullptr;  // [n_kv_heads][R][C][head_dim], canonical
-    const float* cross = nullptr;        // [n_kv_heads][R][C][C]
-    const float* norms = nullptr;        // [n_kv_heads][R][C]
+    const float* sub_centers = nullptr;    // [n_kv_heads][R][C][head_dim], canonical
+    const float* cross = nullptr;          // [n_kv_heads][R][C][C] gamma_{A,B}
+    const float* norms = nullptr;          // [n_kv_heads][R][C]
+    const float* cross_row_min = nullptr;  // [n_kv_heads][R][C] min_B gamma_{A,B} (key_cross_row_minima)
 };
+// full_scan examines every candidate instead of pruning rows by their
+// bound; the codes are the same (the tests check it).
 int launch_encode_keys(const ModelShape& m, const KeyTables& tables, uint32_t n, float* t, uint16_t* codes,
-                       void* stream);
+                       void* stream, bool full_scan = false);
+// KeyTables::cross_row_min from cross (host memory, n_rows rows of C floats).
+void key_cross_row_minima(const float* cross, size_t n_rows, uint32_t C, float* row_min);
 
 // The value encoder's tables of one layer (codebook.h ValueCodebook).
 struct ValueTables {
