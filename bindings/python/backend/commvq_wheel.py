@@ -75,8 +75,14 @@ def _dist_info(project, version):
 def _package_files():
     """(path in the wheel, file on disk) of the Python package."""
     root = os.path.join(PACKAGE_DIR, "commvq")
-    return sorted((f"commvq/{name}", os.path.join(root, name)) for name in os.listdir(root)
-                  if name.endswith(".py") or name == "py.typed")
+    files = []
+    for folder, dirs, names in os.walk(root):  # subpackages too (commvq/transformers)
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        rel = os.path.relpath(folder, root).replace(os.sep, "/")
+        prefix = "commvq/" if rel == "." else f"commvq/{rel}/"
+        files += [(prefix + name, os.path.join(folder, name)) for name in names
+                  if name.endswith(".py") or name == "py.typed"]
+    return sorted(files)
 
 
 def _build_library(build_dir):

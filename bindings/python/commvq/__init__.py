@@ -1,4 +1,4 @@
-"""Python bindings of libcommvq (ctypes + NumPy).
+"""Python bindings of libcommvq (ctypes + NumPy; torch tensors accepted, torch optional).
 
     import numpy as np, commvq
     with commvq.Codebook.load("model.cvq.safetensors") as cb, \
@@ -21,7 +21,7 @@ from ._api import (ATTEND_CAUSAL, ATTEND_NON_CAUSAL, DEVICE_CPU, DTYPE_BF16, DTY
 from . import _ranges
 from .cache import Cache
 from .codebook import Codebook
-from .errors import CommvqError
+from .errors import CommvqError, TensorError
 
 
 def version() -> str:

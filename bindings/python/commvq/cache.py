@@ -1,14 +1,15 @@
-"""Cache: a compressed KV cache, fed and queried with NumPy arrays."""
+"""Cache: a compressed KV cache, fed and queried with NumPy arrays or torch tensors."""
 
 import ctypes
 import os
+import sys
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from . import _api, _ranges
+from . import _api, _ranges, _tensors
 from .codebook import ArrayLike, Codebook, PathLike, _as_dict, _set_field
-from .errors import check
+from .errors import TensorError, check
 
 # NumPy has no bfloat16: BF16 tensors travel as their raw uint16 bits.
 _IO_DTYPES = {_api.DTYPE_F32: np.float32, _api.DTYPE_F16: np.float16, _api.DTYPE_BF16: np.uint16}
@@ -22,9 +23,14 @@ class Cache:
     max_tokens, block_tokens, window, sink_tokens, io_dtype, key_convention,
     attn_scale, n_threads); the others keep the library's defaults.
 
-    Arrays are converted to the cache's io dtype and made contiguous (a copy
-    only when they are not already); shapes are checked here, before the call.
-    A cache must not be used by two threads at once.
+    NumPy arrays are converted to the cache's io dtype and made contiguous (a
+    copy only when they are not already); shapes are checked here, before the
+    call. torch tensors are passed by pointer, with no copy and no
+    synchronization: they must lie on the cache's device (a CUDA tensor for a
+    CUDA cache, a CPU tensor for a CPU cache), have its io dtype (float32,
+    float16 or bfloat16) and be contiguous, else TensorError; on a CUDA cache
+    the work is queued on torch's current stream of that device, and outputs
+    are new tensors there. A cache must not be used by two threads at once.
     """
 
     def __init__(self, codebook: Codebook, **params: Any) -> None:
@@ -42,11 +48,22 @@ class Cache:
         self.n_q_heads = info["n_q_heads"]
         self.head_dim = info["head_dim"]
         self.dtype = np.dtype(_IO_DTYPES[p.io_dtype])
+        self.io_dtype = p.io_dtype
+        self.device = p.device  # DEVICE_CPU or a CUDA ordinal
+        self._stream: Optional[int] = None  # the cudaStream_t last given to the library (None: never set)
 
     # ---- tokens ------------------------------------------------------------
     def append(self, layer: int, seq: int, k: ArrayLike, v: ArrayLike) -> None:
         """Appends tokens to one layer of a sequence: k, v [n_tokens, n_kv_heads, head_dim]."""
         layer, seq = _ranges.uint32("layer", layer), _ranges.uint32("seq", seq)
+        if _tensors.is_torch_tensor(k) or _tensors.is_torch_tensor(v):
+            call = "commvq_cache_append"
+            n = self._tensor(call, "k", k, self.n_kv_heads, None)
+            self._tensor(call, "v", v, self.n_kv_heads, n)
+            self._use_torch_stream(k)
+            check(self._lib.commvq_cache_append(self._live(), layer, seq, _ranges.uint32("n_tokens", n),
+                                                k.data_ptr(), v.data_ptr()))
+            return
         k = self._tokens(k, self.n_kv_heads, "k")
         v = self._tokens(v, self.n_kv_heads, "v")
         if k.shape != v.shape:
@@ -60,9 +77,18 @@ class Cache:
 
         Returns (out, lse): out in q's layout and the cache's io dtype, lse
         float32 [n_queries, n_q_heads]. Pass out= / lse= to write into
-        existing contiguous arrays instead.
+        existing contiguous arrays instead. A torch q gives torch outputs on
+        its device (out= / lse= then must be such tensors).
         """
         layer, seq = _ranges.uint32("layer", layer), _ranges.uint32("seq", seq)
+        if _tensors.is_torch_tensor(q):
+            call = "commvq_cache_attend"
+            n = _ranges.uint32("n_queries", self._tensor(call, "q", q, self.n_q_heads, None))
+            out, lse = self._torch_outputs(call, q, n, out, lse)
+            self._use_torch_stream(q)
+            check(self._lib.commvq_cache_attend(self._live(), layer, seq, n, q.data_ptr(), out.data_ptr(),
+                                                ctypes.cast(lse.data_ptr(), _FLOAT_P), self._flags(causal)))
+            return out, lse
         q = self._tokens(q, self.n_q_heads, "q")
         n = _ranges.uint32("n_queries", q.shape[0])
         out, lse = self._outputs(n, out, lse)
@@ -75,7 +101,19 @@ class Cache:
                      lse: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """One decode query per sequence: q [len(seq_ids), n_q_heads, head_dim]."""
         layer = _ranges.uint32("layer", layer)
-        seq_ids = _ranges.uint32_array("seq_ids", seq_ids)
+        seq_ids = _ranges.uint32_array("seq_ids", seq_ids)  # host memory: the library reads the ids on the host
+        if _tensors.is_torch_tensor(q):
+            call = "commvq_cache_attend_batch"
+            if seq_ids.ndim != 1:
+                raise TensorError(_api.ERR_SHAPE_MISMATCH, f"{call}: seq_ids must be 1-D, got {list(seq_ids.shape)}")
+            n = _ranges.uint32("n_seqs", self._tensor(call, "q", q, self.n_q_heads, seq_ids.shape[0]))
+            out, lse = self._torch_outputs(call, q, n, out, lse)
+            self._use_torch_stream(q)
+            check(self._lib.commvq_cache_attend_batch(self._live(), layer, n,
+                                                      seq_ids.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
+                                                      q.data_ptr(), out.data_ptr(),
+                                                      ctypes.cast(lse.data_ptr(), _FLOAT_P), self._flags(causal)))
+            return out, lse
         q = self._tokens(q, self.n_q_heads, "q")
         if seq_ids.ndim != 1 or seq_ids.shape[0] != q.shape[0]:
             raise ValueError(f"need one query per sequence: {seq_ids.shape[0]} ids, {q.shape[0]} queries")
@@ -121,6 +159,7 @@ class Cache:
         """cuda_stream: a cudaStream_t as an int (e.g. torch.cuda.Stream().cuda_stream)."""
         stream = _ranges.integer("cuda_stream", cuda_stream, ctypes.c_void_p)
         check(self._lib.commvq_cache_set_stream(self._live(), stream))
+        self._stream = stream
 
     def synchronize(self) -> None:
         check(self._lib.commvq_cache_synchronize(self._live()))
@@ -168,6 +207,42 @@ class Cache:
         elif lse.shape != lse_shape or lse.dtype != np.float32 or not lse.flags.c_contiguous:
             raise ValueError(f"lse must be a contiguous float32 array of shape {lse_shape}")
         return out, lse
+
+    def _tensor(self, call: str, name: str, x: Any, heads: int, rows: Optional[int]) -> int:
+        """Checks a torch tensor argument (TensorError otherwise); returns its row count."""
+        if not _tensors.is_torch_tensor(x):
+            raise TensorError(_api.ERR_INVALID_ARGUMENT,
+                              f"{call}: {name} is a {type(x).__name__}; give torch tensors for every input or none")
+        return _tensors.check(call, name, _tensors.describe(x), self.device, self.io_dtype, rows, heads,
+                              self.head_dim)
+
+    def _torch_outputs(self, call: str, q: Any, n: int, out: Any, lse: Any) -> Tuple[Any, Any]:
+        """New torch out and lse beside q, or the caller's, checked."""
+        torch = sys.modules["torch"]
+        out_shape, lse_shape = (n, self.n_q_heads, self.head_dim), (n, self.n_q_heads)
+        if out is None:
+            out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
+        elif not _tensors.is_torch_tensor(out):
+            raise TensorError(_api.ERR_INVALID_ARGUMENT, f"{call}: out must be a torch tensor like q")
+        else:
+            _tensors.check_output(call, "out", _tensors.describe(out), self.device,
+                                  _tensors.torch_dtype_name(self.io_dtype), out_shape)
+        if lse is None:
+            lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+        elif not _tensors.is_torch_tensor(lse):
+            raise TensorError(_api.ERR_INVALID_ARGUMENT, f"{call}: lse must be a torch tensor like q")
+        else:
+            _tensors.check_output(call, "lse", _tensors.describe(lse), self.device, "torch.float32", lse_shape)
+        return out, lse
+
+    def _use_torch_stream(self, x: Any) -> None:
+        """On a CUDA cache, queue the call on torch's current stream, so it is ordered with
+        the kernels that made its inputs and those that read its outputs, with no host wait."""
+        if self.device == _api.DEVICE_CPU:
+            return
+        stream = sys.modules["torch"].cuda.current_stream(x.device).cuda_stream
+        if stream != self._stream:
+            self.set_stream(stream)
 
     @staticmethod
     def _flags(causal: bool) -> int:

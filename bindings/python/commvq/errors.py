@@ -27,3 +27,18 @@ def check(status: int) -> None:
         lib = _api.library()
         message = lib.commvq_last_error().decode(errors="replace")  # first: the next call may replace it
         raise CommvqError(status, lib.commvq_status_string(status).decode(), message)
+
+
+class TensorError(CommvqError, ValueError):
+    """A tensor handed to a cache call is on the wrong device, of the wrong
+    dtype or shape, or not contiguous; raised before the library is called.
+
+    A CommvqError (status ERR_INVALID_ARGUMENT or ERR_SHAPE_MISMATCH) and a
+    ValueError, like the binding's other argument checks.
+    """
+
+    _NAMES = {_api.ERR_INVALID_ARGUMENT: "COMMVQ_ERR_INVALID_ARGUMENT",
+              _api.ERR_SHAPE_MISMATCH: "COMMVQ_ERR_SHAPE_MISMATCH"}
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, self._NAMES[status], message)
