@@ -26,6 +26,7 @@ Prints a markdown table; rows appear as they are measured.
 """
 
 import argparse
+import importlib
 import gc
 import os
 import sys
@@ -156,7 +157,7 @@ def main():
         print(f"SKIP hf_decode: {args.library} has no CUDA")
         return 0
     import transformers
-    import commvq.transformers  # noqa: F401 - registers attn_implementation="commvq"
+    importlib.import_module("commvq.transformers")  # registers attn_implementation="commvq"
 
     path = args.codebook_file or os.path.join(HERE, "..", "build-gpu", f"bench-llama8b-random-{args.bits}bit.safetensors")
     codebook = random_codebook(path, args.bits)

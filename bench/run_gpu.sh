@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What runs on the GPU machine (docs/PERF.md, docs/GPU.md): build for sm_90,
 # the gpu-labelled tests, optionally compute-sanitizer, then the benchmark.
-#   [BENCH_ARGS="decode full encode prompt"] [TEST_CASES="gpu: *"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train] [ncu] [ncu_source]
+#   [BENCH_ARGS="decode full encode prompt"] [TEST_CASES="gpu: *"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train] [ncu] [ncu_kernels] [ncu_source]
 # (TEST_TIMEOUT, BENCH_TIMEOUT, SANITIZE_TIMEOUT, NCU_TIMEOUT and SANITIZE_TOOLS bound each step;
 # ncu reads the attention kernel's counters at 1 bit, B=1, 128K.)
 # Logs go to $OUT when set, else build-gpu/logs.
@@ -39,6 +39,16 @@ for step in "$@"; do
       --print-metric-instances values \
       python3 bench/bench.py build-gpu/bench/libcommvq_bench.so decode > "$OUTDIR/ncu.txt" 2>&1
     echo "ncu: exit $?"; grep -E "Duration|Achieved Occupancy|Executed Instructions |stalled|per_opcode" "$OUTDIR/ncu.txt" | head -40 ;;
+  ncu_kernels)
+    # Duration of each kernel of one decode step (attention and the two
+    # merge kernels) for each case in NCU_CASES.
+    for case in ${NCU_CASES:-1:1:1024 1:1:131072}; do
+      BENCH_CASES=$case timeout ${NCU_TIMEOUT:-240} ncu --clock-control none -k regex:"attend_kernel|apply_codebook|finish_kernel" \
+        -s 6 -c 3 --section SpeedOfLight python3 bench/bench.py build-gpu/bench/libcommvq_bench.so decode \
+        > "$OUTDIR/ncu_kernels_${case//:/_}.txt" 2>&1
+      echo "ncu kernels $case: exit $?"
+      grep -E "^  [a-z_]+.*\(|Duration" "$OUTDIR/ncu_kernels_${case//:/_}.txt" | sed -E 's/\(commvq::cuda::AttendParams\)//' | head -12
+    done ;;
   ncu_source)
     # Stall samples per SASS instruction of the attention kernel (same case
     # as ncu): the report, and its source page as CSV for reading elsewhere.

@@ -21,7 +21,9 @@
 // codebook's scale; e is the same on every CTA (it depends on the tokens only).
 #include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 #include "attention/async_copy.cuh"
 #include "attention/cluster.cuh"
@@ -273,12 +275,21 @@ bool choose_tiles(const ModelShape& m, uint32_t k, AttendPlan* plan) {
 }
 
 // The largest stage groups, then the largest chunks, that fit shared memory.
+// COMMVQ_CUDA_ATTEND_CHUNKS="score,value" (multiples of 32 and 16) is tried
+// first (for measurements).
 bool choose_chunks(const ModelShape& m, int max_smem, AttendPlan* plan) {
+    std::vector<std::pair<uint32_t, uint32_t>> chunks = {{512, 128}, {256, 128}, {512, 64}, {256, 64},
+                                                         {256, 32},  {128, 32},  {64, 32},  {32, 32}};
+    if (const char* forced = std::getenv("COMMVQ_CUDA_ATTEND_CHUNKS")) {
+        unsigned sc = 0, vc = 0;
+        if (std::sscanf(forced, "%u,%u", &sc, &vc) == 2 && sc % 32 == 0 && vc % 16 == 0 && vc && vc <= sc &&
+            sc <= kThreads)
+            chunks.insert(chunks.begin(), {sc, vc});
+    }
     for (uint32_t groups = 1; groups <= m.key_stages; ++groups) {
         plan->stages_per_group = (m.key_stages + groups - 1) / groups;
         if (plan->stages_per_group > 32) continue;  // score_chunk turns at most 32 stages into offsets
-        for (const auto& c : {std::pair<uint32_t, uint32_t>{512, 128}, {256, 128}, {512, 64}, {256, 64}, {256, 32},
-                              {128, 32}, {64, 32}, {32, 32}}) {
+        for (const auto& c : chunks) {
             plan->score_chunk = c.first;
             plan->value_chunk = c.second;
             const SharedLayout L(m, *plan);

@@ -24,6 +24,7 @@ Exits 0 with SKIP lines where torch, transformers or the device is missing.
 """
 
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -203,7 +204,7 @@ def main():
     commvq.load_library(args.library)
     if args.device.startswith("cuda") and not commvq.cuda_available():
         skip(f"{args.library} has no CUDA (build with -DCOMMVQ_CUDA=ON)")
-    import commvq.transformers  # noqa: F401 - registers attn_implementation="commvq"
+    importlib.import_module("commvq.transformers")  # registers attn_implementation="commvq"
 
     shared = shared_dir(args.shared)
     model_dir = os.path.join(shared, "models", "bytellama-13m")
