@@ -95,6 +95,10 @@ class CommvqLayer(CacheLayerMixin):
     def get_max_cache_shape(self, *args: Any) -> int:
         return -1
 
+    # transformers 5.17 names the same query get_max_length (abstract there).
+    def get_max_length(self, *args: Any) -> int:
+        return -1
+
     def reset(self) -> None:
         self.columns = 0
 
@@ -162,6 +166,9 @@ class CommvqCache(Cache):
         return self.layers[min(layer_idx, len(self.layers) - 1)].get_mask_sizes(query)
 
     def get_max_cache_shape(self, layer_idx: int = 0, *args: Any) -> int:
+        return -1
+
+    def get_max_length(self, layer_idx: int = 0, *args: Any) -> int:
         return -1
 
     def reset(self) -> None:
