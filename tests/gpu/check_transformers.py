@@ -132,7 +132,8 @@ def generate(model, prompts, cache, new_tokens, device, **options):
     ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None,
-                  do_sample=False, **options)
+                  do_sample=False)
+    kwargs.update(options)  # options may turn sampling on
     if cache is not None:
         kwargs["past_key_values"] = cache
     with torch.no_grad():
