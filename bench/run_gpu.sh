@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # What runs on the GPU machine (docs/PERF.md, docs/GPU.md): build for sm_90,
 # the gpu-labelled tests, optionally compute-sanitizer, then the benchmark.
-#   [BENCH_ARGS="decode full encode prompt"] [TEST_CASES="gpu: *"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train] [ncu] [ncu_kernels] [ncu_source]
+#   [BENCH_ARGS="decode full encode prompt"] [TEST_CASES="gpu: *"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train] [ncu] [ncu_kernels] [ncu_source] [baseline] [sass]
+# baseline: the decode benchmark (BENCH_CASES) of an earlier version's kernels/, saved in
+# .deps/baseline/kernels by `git archive REF kernels | tar -x -C .deps/baseline` and carried,
+# built beside this one, so both are timed on the same card in one call.
 # (TEST_TIMEOUT, BENCH_TIMEOUT, SANITIZE_TIMEOUT, NCU_TIMEOUT and SANITIZE_TOOLS bound each step;
 # ncu reads the attention kernel's counters at 1 bit, B=1, 128K.)
 # Logs go to $OUT when set, else build-gpu/logs.
@@ -11,8 +14,17 @@ mkdir -p "$OUTDIR"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUTDIR/gpu.txt"
 cmake -S . -B build-gpu -G Ninja -DCOMMVQ_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCOMMVQ_BUILD_BINDINGS=OFF \
   -DCOMMVQ_BUILD_EXAMPLES=OFF > "$OUTDIR/configure.log" 2>&1 || { tail -30 "$OUTDIR/configure.log"; exit 1; }
+if [[ " $* " == *" baseline "* ]]; then
+  # The earlier version's tree: this one with its kernels/ swapped in, built in parallel.
+  rm -rf /tmp/baseline && mkdir -p /tmp/baseline && tar --exclude=./build-gpu --exclude=./.deps -cf - . | tar -xf - -C /tmp/baseline
+  rm -rf /tmp/baseline/kernels && cp -r .deps/baseline/kernels /tmp/baseline/kernels && mkdir -p /tmp/baseline/.deps && cp -r .deps/include /tmp/baseline/.deps/
+  (cmake -S /tmp/baseline -B /tmp/baseline/build -G Ninja -DCOMMVQ_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCOMMVQ_BUILD_BINDINGS=OFF \
+     -DCOMMVQ_BUILD_EXAMPLES=OFF -DCOMMVQ_BUILD_TESTS=OFF > "$OUTDIR/baseline_build.log" 2>&1 \
+   && cmake --build /tmp/baseline/build -j8 --target commvq_bench >> "$OUTDIR/baseline_build.log" 2>&1; echo "baseline build: exit $?") &
+fi
 cmake --build build-gpu -j16 --target commvq_gpu_tests commvq_bench train_speed > "$OUTDIR/build.log" 2>&1 \
   || { grep -E "error|FAILED" -A5 "$OUTDIR/build.log" | head -60; exit 1; }
+wait
 for step in "$@"; do
   case "$step" in
   tests)
@@ -58,6 +70,14 @@ for step in "$@"; do
     echo "ncu source: exit $?"
     ncu --import "$OUTDIR/attend_source.ncu-rep" --page source --csv --print-source sass > "$OUTDIR/attend_sass.csv" 2>&1
     echo "source page: exit $? ($(wc -l < "$OUTDIR/attend_sass.csv") lines)"; gzip -f "$OUTDIR/attend_sass.csv" ;;
+  baseline)
+    PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-300} python3 bench/bench.py /tmp/baseline/build/bench/libcommvq_bench.so decode 2>&1 \
+      | tee "$OUTDIR/bench_baseline.md" ;;
+  sass)
+    # Registers, spills and the SASS of the attention kernels, for reading elsewhere.
+    obj=$(find build-gpu -name decode.cu.o | head -1)
+    cuobjdump -res-usage "$obj" 2>&1 | grep -A1 attend_kernel | grep -oE "REG:[0-9]+|STACK:[0-9]+|SHARED:[0-9]+|LOCAL:[0-9]+" | sort | uniq -c | head
+    cuobjdump -sass "$obj" > "$OUTDIR/decode.sass" 2>&1; gzip -f "$OUTDIR/decode.sass"; echo "sass: $(ls -la $OUTDIR/decode.sass.gz)" ;;
   bench)
     PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-300} python3 bench/bench.py build-gpu/bench/libcommvq_bench.so ${BENCH_ARGS:-} 2>&1 | tee "$OUTDIR/bench.md" ;;
   esac

@@ -154,6 +154,7 @@ struct AttendPlan {
     uint32_t value_chunk = 0;       // tokens per value product (a multiple of 16)
     uint32_t value_m_tiles = 0;     // per warp: 16-bit tiles of value code bits
     uint32_t value_n_tiles = 0;     // per warp: 8-head tiles of query heads
+    uint32_t code_words = 0;        // 32-bit words staged per token for one head's stage codes (layout.h)
     uint32_t smem_bytes = 0;
     uint32_t resident_ctas = 0;     // CTAs of the attention kernel that run at once
 };

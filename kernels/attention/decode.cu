@@ -27,6 +27,7 @@
 
 #include "attention/async_copy.cuh"
 #include "attention/cluster.cuh"
+#include "attention/code_words.cuh"
 #include "attention/key_scores.cuh"
 #include "attention/merge.h"
 #include "attention/softmax.cuh"
@@ -129,20 +130,27 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
     uint32_t loaded_group = ~0u;
     // Token info of a chunk is loaded one chunk ahead (thread i: token i),
     // so its latency hides behind the chunk before.
+    // So are the chunk's stage codes (code_words.cuh).
     TokenInfo ahead;
-    if (t_begin < t_end && threadIdx.x < tmin<uint64_t>(SC, t_end - t_begin))
-        ahead = token_info(pool, table_row, uint32_t(t_begin) + threadIdx.x, m.n_key_scales, scale_index);
+    CodeWords codes_ahead;
+    if (t_begin < t_end) {
+        const uint32_t cn = uint32_t(tmin<uint64_t>(SC, t_end - t_begin));
+        if (threadIdx.x < cn)
+            ahead = token_info(pool, table_row, uint32_t(t_begin) + threadIdx.x, m.n_key_scales, scale_index);
+        codes_ahead.fetch(p, table_row, g, uint32_t(t_begin), cn);
+    }
     for (uint32_t c0 = uint32_t(t_begin); c0 < t_end; c0 += SC) {
         const uint32_t cn = uint32_t(tmin<uint64_t>(SC, t_end - c0));
+        const uint32_t next_cn = c0 + SC < t_end ? uint32_t(tmin<uint64_t>(SC, t_end - c0 - SC)) : 0;
         if (threadIdx.x < cn) {
             tok_block[threadIdx.x] = ahead.block;
             tok_slot[threadIdx.x] = ahead.slot;
             tok_scale[threadIdx.x] = ahead.scale;
             tok_weight[threadIdx.x] = ahead.weight;
         }
+        codes_ahead.stage(p, L, smem, cn);
         __syncthreads();
-        if (c0 + SC < t_end && threadIdx.x < tmin<uint64_t>(SC, t_end - c0 - SC))
-            ahead = token_info(pool, table_row, c0 + SC + threadIdx.x, m.n_key_scales, scale_index);
+        if (threadIdx.x < next_cn) ahead = token_info(pool, table_row, c0 + SC + threadIdx.x, m.n_key_scales, scale_index);
         // This CTA's slice of the chunk's value bits, copied while the chunk is scored.
         for (uint32_t i = threadIdx.x; i < cn * words; i += kThreads) {
             const uint32_t t = i / words, w = i % words;
@@ -159,8 +167,12 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
                 wait_async_copies();  // the value bits' copies too
                 __syncthreads();
             }
-            score_chunk<HEAD_DIM, G>(p, L, smem, g, c0, cn, r0, rn, grp == 0, q);
+            score_chunk<HEAD_DIM, G>(p, L, smem, c0, cn, r0, rn, grp == 0, q);
         }
+        // The next chunk's codes, after this chunk's scores have read the
+        // staged ones (their block-table entries were read at the chunk's
+        // start, so only the words themselves are waited for, next chunk).
+        if (next_cn) codes_ahead.fetch(p, table_row, g, c0 + SC, next_cn);
         wait_async_copies();
         __syncthreads();
         softmax_chunk<G>(scores, SC, cn, run_max, run_sum, own_rescale);
@@ -286,10 +298,14 @@ bool choose_chunks(const ModelShape& m, int max_smem, AttendPlan* plan) {
             sc <= kThreads)
             chunks.insert(chunks.begin(), {sc, vc});
     }
+    plan->code_words = code_words(m.key_stages, m.code_bits);
     for (uint32_t groups = 1; groups <= m.key_stages; ++groups) {
         plan->stages_per_group = (m.key_stages + groups - 1) / groups;
         if (plan->stages_per_group > 32) continue;  // score_chunk turns at most 32 stages into offsets
         for (const auto& c : chunks) {
+            // Each thread prefetches at most kMaxCodeWordsPerThread code words (code_words.cuh).
+            const uint32_t tpt = code_threads_per_token(c.first);
+            if ((plan->code_words + tpt - 1) / tpt > kMaxCodeWordsPerThread) continue;
             plan->score_chunk = c.first;
             plan->value_chunk = c.second;
             const SharedLayout L(m, *plan);

@@ -96,41 +96,33 @@ __device__ __forceinline__ void add_rows(__half2 (&s)[4], uint4 a, uint4 b, uint
     for (int k = 0; k < 4; ++k) s[k] = __hadd2(s[k], __hadd2(__hadd2(ha[k], hb[k]), __hadd2(hc[k], hd[k])));
 }
 
-// The address of the first of the two bytes that hold a 12-bit code (codes
-// start on a nibble).
-__device__ __forceinline__ const uint8_t* code_address(const PoolView& pool, uint32_t block, uint32_t slot,
-                                                       uint32_t bit) {
-    return pool.base + size_t(block) * pool.block_bytes + pool.key_codes_offset + size_t(slot) * pool.key_code_bytes +
-           bit / 8;
-}
-
 // Scores of the chunk's tokens [0, cn) (compressed indices c0 + i) for the
 // table's stages r0 .. r0 + rn - 1: written to scores[h][i] for the first
-// stage group, added for later ones. tok_* hold each token's block, slot and
-// key scale (staged by the caller). Lane `part` of a token turns that
-// token's stage codes part, part + LPT, ... into table offsets; the code
-// bytes of a warp step are loaded one step ahead, so their latency hides
-// behind the gathers of the step before.
+// stage group, added for later ones. tok_scale holds each token's key
+// scale, codes / code_bit0 the words that hold its stage codes of this head
+// (staged by the caller a chunk ahead, so no global load is waited for
+// here). Per warp step, lane `part` of a token takes that token's stages
+// part, part + LPT, ... out of the staged words and writes their table
+// offsets to the warp's scratch, which every lane of the token then reads
+// as broadcasts.
 template <int HEAD_DIM, int G>
-__device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_t* smem, uint32_t g, uint32_t c0,
-                            uint32_t cn, uint32_t r0, uint32_t rn, bool first_group, const float (&q)[G][8]) {
+__device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_t* smem, uint32_t c0, uint32_t cn,
+                            uint32_t r0, uint32_t rn, bool first_group, const float (&q)[G][8]) {
     constexpr int LPT = HEAD_DIM / 8;
     constexpr int TPW = 32 / LPT;
     constexpr int kStep = kWarps * TPW;  // tokens between a lane's consecutive tokens
     constexpr int kPasses = (32 + LPT - 1) / LPT;  // stage groups hold at most 32 stages
     const ModelShape& m = p.m;
-    const PoolView& pool = p.pool;
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = lane / LPT, part = lane % LPT;
-    const uint32_t* tok_block = reinterpret_cast<const uint32_t*>(smem + L.tok_block);
-    const uint32_t* tok_slot = reinterpret_cast<const uint32_t*>(smem + L.tok_slot);
     const float* tok_scale = reinterpret_cast<const float*>(smem + L.tok_scale);
+    const uint32_t* codes = reinterpret_cast<const uint32_t*>(smem + L.codes);
+    const uint32_t* code_bit0 = reinterpret_cast<const uint32_t*>(smem + L.code_bit0);
     float* scores = reinterpret_cast<float*>(smem + L.scores);
     uint2* offsets = reinterpret_cast<uint2*>(smem + L.offsets) + warp * TPW * L.offsets_stages;
     const uint32_t table = shared_address(smem + L.table) + part * 16;
     const uint32_t to = shared_address(offsets + sub * L.offsets_stages);
-    const uint32_t stages = L.offsets_stages, row_bytes = L.table_row_bytes;
-    const uint32_t key_bit0 = (g * m.key_stages + r0) * m.code_bits;
-    const uint32_t code_mask = (1u << m.code_bits) - 1;
+    const uint32_t stages = L.offsets_stages, row_bytes = L.table_row_bytes, words = p.plan.code_words;
+    const uint32_t code_bits = m.code_bits, code_mask = (1u << code_bits) - 1;
 
     // Rotation of this lane's first token, and the step between its tokens.
     float c[4], s[4], step_c[4], step_s[4];
@@ -142,25 +134,10 @@ __device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_
         rope_angle(kStep, f, &step_c[k], &step_s[k]);
     }
 
-    // Code bytes of this lane's stages of its next token, loaded one warp
-    // step ahead without a branch (past the chunk or the group, a valid
-    // address is read and the bytes are not used) and combined only where
-    // they are used, so that nothing waits for the loads until then.
-    uint32_t next_lo[kPasses], next_hi[kPasses];
-    auto fetch = [&](uint32_t t) {
-        const uint32_t tc = min(t, cn - 1);
-        const uint32_t block = tok_block[tc], slot = tok_slot[tc];
-#pragma unroll
-        for (int k = 0; k < kPasses; ++k) {
-            const uint32_t r = min(part + k * LPT, rn - 1);
-            const uint8_t* b = code_address(pool, block, slot, key_bit0 + r * m.code_bits);
-            next_lo[k] = __ldg(b);
-            next_hi[k] = __ldg(b + 1);
-        }
-    };
-    fetch(warp * TPW + sub);
     for (uint32_t base = warp * TPW; base < cn; base += kStep) {  // warp-uniform: the shuffles need every lane
-        const uint32_t t = base + sub;
+        const uint32_t t = base + sub, tc = min(t, cn - 1);
+        const uint32_t* w = codes + tc * words;
+        const uint32_t bit0 = code_bit0[tc] + r0 * code_bits;
         __syncwarp();  // the previous step's offsets have been read
 #pragma unroll
         for (int k = 0; k < kPasses; ++k) {
@@ -168,8 +145,8 @@ __device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_
             if (r < stages) {
                 uint2 o = make_uint2(L.zero_row, L.zero_row);
                 if (t < cn && r < rn) {
-                    const uint32_t bytes = next_lo[k] | next_hi[k] << 8;
-                    const uint32_t code = (bytes >> ((key_bit0 + r * m.code_bits) % 8)) & code_mask;
+                    const uint32_t bit = bit0 + r * code_bits, i = bit / 32;
+                    const uint32_t code = __funnelshift_r(w[i], w[i + 1], bit % 32) & code_mask;
                     o.x = (r * kSubCenters + code / kSubCenters) * row_bytes;
                     o.y = (r * kSubCenters + code % kSubCenters) * row_bytes;
                 }
@@ -177,7 +154,6 @@ __device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_
             }
         }
         __syncwarp();
-        fetch(t + kStep);
         __half2 sa[4], sb[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) sa[k] = sb[k] = __float2half2_rn(0.0f);

@@ -54,6 +54,19 @@ COMMVQ_HD inline uint32_t slice_bits(const ModelShape& m, const AttendPlan& p) {
 // Lanes that share one token's key (16 bytes of half2 pairs each).
 COMMVQ_HD inline uint32_t lanes_per_token(uint32_t head_dim) { return head_dim / 8; }
 
+// The stage codes of one KV head of a token are staged in shared memory as
+// the aligned 32-bit words that hold them: the first code starts at bit
+// bit0 <= 31 of word 0, and the word after the last code's is read too
+// (each code is taken from a pair of words), so
+//   words = floor((31 + (R - 1) * code_bits) / 32) + 2.
+COMMVQ_HD inline uint32_t code_words(uint32_t key_stages, uint32_t code_bits) {
+    return (31 + (key_stages - 1) * code_bits) / 32 + 2;
+}
+// Each thread prefetches at most this many code words of the next chunk.
+constexpr uint32_t kMaxCodeWordsPerThread = 5;
+// Threads that share the prefetch of one token's code words.
+COMMVQ_HD inline uint32_t code_threads_per_token(uint32_t score_chunk) { return kThreads / score_chunk; }
+
 // Byte offsets in the dynamic shared memory of one attention CTA.
 //   table      [stages_per_group][C][P] half2, then one zero row (padding stages read it)
 //   scores     [G][score_chunk] float: scores, then probabilities
@@ -61,11 +74,13 @@ COMMVQ_HD inline uint32_t lanes_per_token(uint32_t head_dim) { return head_dim /
 //   bits       [score_chunk][slice words + 1] uint32: this CTA's value code bits (A operand)
 //   tok_block, tok_slot, tok_scale, tok_weight [score_chunk]
 //   offsets    [warps][tokens per warp][stages rounded to 4] uint2: table byte offsets of A and B rows
+//   codes      [score_chunk][code_words] uint32: the words holding each token's stage codes of this head
+//   code_bit0  [score_chunk] uint32: the bit of word 0 where each token's first code starts
 //   rescale    [2][heads_padded] float: factors of the accumulators, from each head's owner
 //   run_max, run_sum, own_rescale [G] float; chunk_exp int
 struct SharedLayout {
-    uint32_t table, scores, probs, bits, tok_block, tok_slot, tok_scale, tok_weight, offsets, rescale, run_max,
-        run_sum, own_rescale, chunk_exp, total;
+    uint32_t table, scores, probs, bits, tok_block, tok_slot, tok_scale, tok_weight, offsets, codes, code_bit0,
+        rescale, run_max, run_sum, own_rescale, chunk_exp, total;
     uint32_t table_row_bytes, zero_row, probs_stride, slice_words, bits_stride, offsets_stages, score_chunk, value_chunk, heads;
     COMMVQ_HD SharedLayout(const ModelShape& m, const AttendPlan& p) {
         const uint32_t G = m.n_q_heads / m.n_kv_heads, P = m.head_dim / 2;
@@ -88,7 +103,9 @@ struct SharedLayout {
         offsets = align_up(tok_weight + p.score_chunk * 4, 16);
         offsets_stages = align_up(p.stages_per_group, 4);
         const uint32_t tokens_per_warp = 32 / lanes_per_token(m.head_dim);
-        rescale = offsets + kWarps * tokens_per_warp * offsets_stages * 8;
+        codes = offsets + kWarps * tokens_per_warp * offsets_stages * 8;
+        code_bit0 = codes + p.score_chunk * p.code_words * 4;
+        rescale = code_bit0 + p.score_chunk * 4;
         run_max = rescale + 2 * heads * 4;
         run_sum = run_max + G * 4;
         own_rescale = run_sum + G * 4;
