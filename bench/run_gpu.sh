@@ -7,7 +7,8 @@
 # built beside this one, so both are timed on the same card in one call.
 # (TEST_TIMEOUT, BENCH_TIMEOUT, SANITIZE_TIMEOUT, NCU_TIMEOUT and SANITIZE_TOOLS bound each step;
 # ncu reads the attention kernel's counters at 1 bit, B=1, 128K.)
-# Logs go to $OUT when set, else build-gpu/logs.
+# Logs go to $OUT when set, else build-gpu/logs; the build logs end up in build_logs.tgz there
+# (the device tool returns at most 8 files).
 set -uo pipefail
 OUTDIR=${OUT:-build-gpu/logs}
 mkdir -p "$OUTDIR"
@@ -71,7 +72,8 @@ for step in "$@"; do
     ncu --import "$OUTDIR/attend_source.ncu-rep" --page source --csv --print-source sass > "$OUTDIR/attend_sass.csv" 2>&1
     echo "source page: exit $? ($(wc -l < "$OUTDIR/attend_sass.csv") lines)"; gzip -f "$OUTDIR/attend_sass.csv" ;;
   baseline)
-    PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-300} python3 bench/bench.py /tmp/baseline/build/bench/libcommvq_bench.so decode 2>&1 \
+    # BASELINE_ENV (e.g. COMMVQ_CUDA_ATTEND_CHUNKS=256,128) applies to the baseline's run only.
+    PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-300} env ${BASELINE_ENV:-} python3 bench/bench.py /tmp/baseline/build/bench/libcommvq_bench.so decode 2>&1 \
       | tee "$OUTDIR/bench_baseline.md" ;;
   sass)
     # Registers, spills and the SASS of the attention kernels, for reading elsewhere.
@@ -82,3 +84,5 @@ for step in "$@"; do
     PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-300} python3 bench/bench.py build-gpu/bench/libcommvq_bench.so ${BENCH_ARGS:-} 2>&1 | tee "$OUTDIR/bench.md" ;;
   esac
 done
+(cd "$OUTDIR" && tar czf build_logs.tgz --remove-files gpu.txt configure.log build.log $(ls baseline_build.log 2>/dev/null) \
+  && rm -f attend_source.ncu-rep)

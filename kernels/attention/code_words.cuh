@@ -1,7 +1,7 @@
 // The stage codes of the next chunk's tokens, fetched a chunk ahead.
 //
-// A token's stage codes of KV head g are R packed codes of code_bits each,
-// starting at bit g * R * code_bits of its key-code record, which need not
+// A token's stage codes of KV head g are R packed codes of kCodeBits each,
+// starting at bit g * R * kCodeBits of its key-code record, which need not
 // be 4-byte aligned. The attention kernel copies, per token, the aligned
 // 32-bit words that hold them (layout.h code_words) into shared memory at
 // the start of each chunk, with the bit where the first code starts; the
@@ -33,7 +33,7 @@ struct CodeWords {
         if (t >= cn) return;
         const uint32_t ci = c0 + t;
         const uint32_t block = uint32_t(pool.block_tables[table_row + ci / pool.block_tokens]);
-        const uint32_t head_bit = g * p.m.key_stages * p.m.code_bits;
+        const uint32_t head_bit = g * p.m.key_stages * kCodeBits;
         const uintptr_t first = reinterpret_cast<uintptr_t>(pool.base + size_t(block) * pool.block_bytes +
                                                             pool.key_codes_offset +
                                                             size_t(ci % pool.block_tokens) * pool.key_code_bytes) +

@@ -139,8 +139,17 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
             ahead = token_info(pool, table_row, uint32_t(t_begin) + threadIdx.x, m.n_key_scales, scale_index);
         codes_ahead.fetch(p, table_row, g, uint32_t(t_begin), cn);
     }
-    for (uint32_t c0 = uint32_t(t_begin); c0 < t_end; c0 += SC) {
+    // The rotation of this lane's token (key_scores.cuh), carried from chunk to chunk.
+    constexpr uint32_t TPW = 32 / LPT;
+    const uint32_t lane_token = (threadIdx.x / 32) * TPW + (threadIdx.x % 32) / LPT;
+    // A lane advances SC / (kWarps * TPW) tokens per full chunk, so the
+    // carried state is the next chunk's only when that divides evenly.
+    LaneRotation::write_steps(p, reinterpret_cast<float2*>(smem + L.rot_step), HEAD_DIM / 2, kWarps * TPW);
+    LaneRotation rot;
+    const uint32_t exact_every = SC % (kWarps * TPW) == 0 ? LaneRotation::kExactEvery : 1;
+    for (uint32_t c0 = uint32_t(t_begin), chunk = 0; c0 < t_end; c0 += SC, ++chunk) {
         const uint32_t cn = uint32_t(tmin<uint64_t>(SC, t_end - c0));
+        if (chunk % exact_every == 0) rot.set(p, (threadIdx.x % 32) % LPT, uint64_t(p.slots.sinks) + c0 + lane_token);
         const uint32_t next_cn = c0 + SC < t_end ? uint32_t(tmin<uint64_t>(SC, t_end - c0 - SC)) : 0;
         if (threadIdx.x < cn) {
             tok_block[threadIdx.x] = ahead.block;
@@ -158,6 +167,7 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
                                size_t(tok_slot[t]) * pool.value_code_bytes;
             copy_async4(bits + t * L.bits_stride + w, reinterpret_cast<const uint32_t*>(b) + rank * words + w);
         }
+        const LaneRotation chunk_rot = rot;  // every stage group starts from the chunk's first tokens
         for (uint32_t grp = 0; grp < n_groups; ++grp) {
             const uint32_t r0 = grp * spg, rn = min(spg, R - r0);
             if (grp != loaded_group) {
@@ -167,7 +177,8 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
                 wait_async_copies();  // the value bits' copies too
                 __syncthreads();
             }
-            score_chunk<HEAD_DIM, G>(p, L, smem, c0, cn, r0, rn, grp == 0, q);
+            rot = chunk_rot;
+            score_chunk<HEAD_DIM, G>(p, L, smem, cn, r0, rn, grp == 0, q, rot);
         }
         // The next chunk's codes, after this chunk's scores have read the
         // staged ones (their block-table entries were read at the chunk's
@@ -324,7 +335,7 @@ bool attend_supported(const ModelShape& m) {
     const uint32_t G = m.n_kv_heads ? m.n_q_heads / m.n_kv_heads : 0;
     AttendPlan plan;
     return (m.head_dim == 64 || m.head_dim == 128) && (G == 1 || G == 2 || G == 4 || G == 8) &&
-           G * m.n_kv_heads == m.n_q_heads && m.sub_centers == kSubCenters && m.code_bits <= 16 &&
+           G * m.n_kv_heads == m.n_q_heads && m.sub_centers == kSubCenters && m.code_bits == kCodeBits &&
            m.value_code_bits % kMergeBits == 0 && choose_tiles(m, 1, &plan);
 }
 

@@ -9,7 +9,7 @@
 // lane gathers its 2R rows, sums them in half2 (pairwise within groups of
 // four stages), rotates the key to its position and dots it with the G
 // queries in fp32. The rotation angle advances by a fixed step per warp
-// step (angle addition), computed exactly once per chunk; the G dot products
+// step (angle addition, LaneRotation); the G dot products
 // are reduced over the LPT lanes with one butterfly that leaves each lane
 // one head's sum.
 #pragma once
@@ -96,6 +96,40 @@ __device__ __forceinline__ void add_rows(__half2 (&s)[4], uint4 a, uint4 b, uint
     for (int k = 0; k < 4; ++k) s[k] = __hadd2(s[k], __hadd2(__hadd2(ha[k], hb[k]), __hadd2(hc[k], hd[k])));
 }
 
+// The RoPE rotation of one lane's current token for the lane's 4 pairs,
+// advanced from token to token by angle addition (one complex product per
+// pair) rather than computed: set() is exact (a double-precision angle
+// reduced modulo one turn), advance() moves by the lane's token step, whose
+// rotations (per pair) sit in shared memory (L.rot_step, written once by
+// write_steps). The state is carried from chunk to chunk (a lane's last
+// token of one chunk is one step before its first of the next) and set
+// exactly again every kExactEvery chunks, so the fp32 recurrence never runs
+// long.
+struct LaneRotation {
+    static constexpr uint32_t kExactEvery = 16;
+    float c[4], s[4];
+
+    __device__ void set(const AttendParams& p, uint32_t part, uint64_t position) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) rope_angle(position, p.rope_freq[4 * part + k], &c[k], &s[k]);
+    }
+    // step[j] = (cos, sin) of pair j's angle over `tokens` tokens, for all P pairs.
+    static __device__ void write_steps(const AttendParams& p, float2* step, uint32_t pairs, uint32_t tokens) {
+        for (uint32_t j = threadIdx.x; j < pairs; j += kThreads) rope_angle(tokens, p.rope_freq[j], &step[j].x, &step[j].y);
+    }
+    __device__ __forceinline__ void advance(const float2* step, uint32_t part) {
+        const float4 a = reinterpret_cast<const float4*>(step)[2 * part];
+        const float4 b = reinterpret_cast<const float4*>(step)[2 * part + 1];
+        const float sc[4] = {a.x, a.z, b.x, b.z}, ss[4] = {a.y, a.w, b.y, b.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const float c_next = c[k] * sc[k] - s[k] * ss[k];
+            s[k] = c[k] * ss[k] + s[k] * sc[k];
+            c[k] = c_next;
+        }
+    }
+};
+
 // Scores of the chunk's tokens [0, cn) (compressed indices c0 + i) for the
 // table's stages r0 .. r0 + rn - 1: written to scores[h][i] for the first
 // stage group, added for later ones. tok_scale holds each token's key
@@ -106,38 +140,28 @@ __device__ __forceinline__ void add_rows(__half2 (&s)[4], uint4 a, uint4 b, uint
 // offsets to the warp's scratch, which every lane of the token then reads
 // as broadcasts.
 template <int HEAD_DIM, int G>
-__device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_t* smem, uint32_t c0, uint32_t cn,
-                            uint32_t r0, uint32_t rn, bool first_group, const float (&q)[G][8]) {
+__device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_t* smem, uint32_t cn, uint32_t r0,
+                            uint32_t rn, bool first_group, const float (&q)[G][8], LaneRotation& rot) {
     constexpr int LPT = HEAD_DIM / 8;
     constexpr int TPW = 32 / LPT;
     constexpr int kStep = kWarps * TPW;  // tokens between a lane's consecutive tokens
     constexpr int kPasses = (32 + LPT - 1) / LPT;  // stage groups hold at most 32 stages
-    const ModelShape& m = p.m;
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = lane / LPT, part = lane % LPT;
     const float* tok_scale = reinterpret_cast<const float*>(smem + L.tok_scale);
     const uint32_t* codes = reinterpret_cast<const uint32_t*>(smem + L.codes);
     const uint32_t* code_bit0 = reinterpret_cast<const uint32_t*>(smem + L.code_bit0);
+    const float2* rot_step = reinterpret_cast<const float2*>(smem + L.rot_step);
     float* scores = reinterpret_cast<float*>(smem + L.scores);
     uint2* offsets = reinterpret_cast<uint2*>(smem + L.offsets) + warp * TPW * L.offsets_stages;
     const uint32_t table = shared_address(smem + L.table) + part * 16;
     const uint32_t to = shared_address(offsets + sub * L.offsets_stages);
-    const uint32_t stages = L.offsets_stages, row_bytes = L.table_row_bytes, words = p.plan.code_words;
-    const uint32_t code_bits = m.code_bits, code_mask = (1u << code_bits) - 1;
-
-    // Rotation of this lane's first token, and the step between its tokens.
-    float c[4], s[4], step_c[4], step_s[4];
-    const uint64_t pos0 = uint64_t(p.slots.sinks) + c0 + warp * TPW + sub;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        const double f = p.rope_freq[4 * part + k];
-        rope_angle(pos0, f, &c[k], &s[k]);
-        rope_angle(kStep, f, &step_c[k], &step_s[k]);
-    }
+    constexpr uint32_t row_bytes = HEAD_DIM * 2, code_mask = (1u << kCodeBits) - 1;
+    const uint32_t stages = L.offsets_stages, words = p.plan.code_words;
 
     for (uint32_t base = warp * TPW; base < cn; base += kStep) {  // warp-uniform: the shuffles need every lane
         const uint32_t t = base + sub, tc = min(t, cn - 1);
         const uint32_t* w = codes + tc * words;
-        const uint32_t bit0 = code_bit0[tc] + r0 * code_bits;
+        const uint32_t bit0 = code_bit0[tc] + r0 * kCodeBits;
         __syncwarp();  // the previous step's offsets have been read
 #pragma unroll
         for (int k = 0; k < kPasses; ++k) {
@@ -145,7 +169,7 @@ __device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_
             if (r < stages) {
                 uint2 o = make_uint2(L.zero_row, L.zero_row);
                 if (t < cn && r < rn) {
-                    const uint32_t bit = bit0 + r * code_bits, i = bit / 32;
+                    const uint32_t bit = bit0 + r * kCodeBits, i = bit / 32;
                     const uint32_t code = __funnelshift_r(w[i], w[i + 1], bit % 32) & code_mask;
                     o.x = (r * kSubCenters + code / kSubCenters) * row_bytes;
                     o.y = (r * kSubCenters + code % kSubCenters) * row_bytes;
@@ -175,13 +199,11 @@ __device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
             const float2 f = __half22float2(__hfma2(__lowhigh2highlow(sb[k]), __floats2half2_rn(-1.0f, 1.0f), sa[k]));
-            const float x = f.x * c[k] - f.y * s[k], y = f.x * s[k] + f.y * c[k];
+            const float x = f.x * rot.c[k] - f.y * rot.s[k], y = f.x * rot.s[k] + f.y * rot.c[k];
 #pragma unroll
             for (int h = 0; h < G; ++h) dot[h] = fmaf(q[h][2 * k], x, fmaf(q[h][2 * k + 1], y, dot[h]));
-            const float cn_ = c[k] * step_c[k] - s[k] * step_s[k];
-            s[k] = c[k] * step_s[k] + s[k] * step_c[k];
-            c[k] = cn_;
         }
+        rot.advance(rot_step, part);
         const float total = HeadSums<LPT / 2, G>::run(dot, part);
         constexpr uint32_t kLanesPerHead = LPT / G;
         if (t < cn && part % kLanesPerHead == 0) {

@@ -23,6 +23,7 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr uint32_t kMaxSplits = 255;  // the merge keeps one factor per split in shared memory
 constexpr uint32_t kSubCenters = 64;  // C: the codes A * 64 + B
+constexpr uint32_t kCodeBits = 12;    // bits of one stage code: log2(C * C)
 // Code bits whose codewords one merge block applies (merge kernels).
 constexpr uint32_t kMergeBits = 64;
 
@@ -76,11 +77,12 @@ COMMVQ_HD inline uint32_t code_threads_per_token(uint32_t score_chunk) { return 
 //   offsets    [warps][tokens per warp][stages rounded to 4] uint2: table byte offsets of A and B rows
 //   codes      [score_chunk][code_words] uint32: the words holding each token's stage codes of this head
 //   code_bit0  [score_chunk] uint32: the bit of word 0 where each token's first code starts
+//   rot_step   [head_dim / 2] float2: RoPE rotation of each pair over one step of a lane's tokens
 //   rescale    [2][heads_padded] float: factors of the accumulators, from each head's owner
 //   run_max, run_sum, own_rescale [G] float; chunk_exp int
 struct SharedLayout {
     uint32_t table, scores, probs, bits, tok_block, tok_slot, tok_scale, tok_weight, offsets, codes, code_bit0,
-        rescale, run_max, run_sum, own_rescale, chunk_exp, total;
+        rot_step, rescale, run_max, run_sum, own_rescale, chunk_exp, total;
     uint32_t table_row_bytes, zero_row, probs_stride, slice_words, bits_stride, offsets_stages, score_chunk, value_chunk, heads;
     COMMVQ_HD SharedLayout(const ModelShape& m, const AttendPlan& p) {
         const uint32_t G = m.n_q_heads / m.n_kv_heads, P = m.head_dim / 2;
@@ -105,7 +107,8 @@ struct SharedLayout {
         const uint32_t tokens_per_warp = 32 / lanes_per_token(m.head_dim);
         codes = offsets + kWarps * tokens_per_warp * offsets_stages * 8;
         code_bit0 = codes + p.score_chunk * p.code_words * 4;
-        rescale = code_bit0 + p.score_chunk * 4;
+        rot_step = align_up(code_bit0 + p.score_chunk * 4, 16);
+        rescale = rot_step + m.head_dim / 2 * 8;
         run_max = rescale + 2 * heads * 4;
         run_sum = run_max + G * 4;
         own_rescale = run_sum + G * 4;
