@@ -15,7 +15,7 @@ mkdir -p "$OUTDIR"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUTDIR/gpu.txt"
 cmake -S . -B build-gpu -G Ninja -DCOMMVQ_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCOMMVQ_BUILD_BINDINGS=OFF \
   -DCOMMVQ_BUILD_EXAMPLES=OFF > "$OUTDIR/configure.log" 2>&1 || { tail -30 "$OUTDIR/configure.log"; exit 1; }
-if [[ " $* " == *" baseline "* ]]; then
+if [[ " $* " == *" baseline "* && ! -f /tmp/baseline/build/bench/libcommvq_bench.so ]]; then
   # The earlier version's tree: this one with its kernels/ swapped in, built in parallel.
   rm -rf /tmp/baseline && mkdir -p /tmp/baseline && tar --exclude=./build-gpu --exclude=./.deps -cf - . | tar -xf - -C /tmp/baseline
   rm -rf /tmp/baseline/kernels && cp -r .deps/baseline/kernels /tmp/baseline/kernels && mkdir -p /tmp/baseline/.deps && cp -r .deps/include /tmp/baseline/.deps/
