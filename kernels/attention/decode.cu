@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
             const uint32_t t = i / words, w = i % words;
             const uint8_t* b = pool.base + size_t(tok_block[t]) * pool.block_bytes + pool.value_codes_offset +
                                size_t(tok_slot[t]) * pool.value_code_bytes;
-            copy_async4(bits + t * L.bits_stride + w, reinterpret_cast<const uint32_t*>(b) + rank * words + w);
+            copy_async4(bits + w * L.bits_stride + t, reinterpret_cast<const uint32_t*>(b) + rank * words + w);
         }
         const LaneRotation chunk_rot = rot;  // every stage group starts from the chunk's first tokens
         for (uint32_t grp = 0; grp < n_groups; ++grp) {
@@ -217,7 +217,7 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
             cluster_barrier(K);
             if (tiles.active) {
                 if (v0 == 0) tiles.rescale(rescale + buf * heads);
-                tiles.accumulate(bits + v0 * L.bits_stride, L.bits_stride, pb, L.probs_stride, vpad / 16);
+                tiles.accumulate(bits + v0, L.bits_stride, pb, L.probs_stride, vpad / 16);
             }
         }
         __syncthreads();  // the chunk's token info and bits are no longer read

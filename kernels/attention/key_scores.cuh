@@ -162,20 +162,20 @@ __device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_
         const uint32_t t = base + sub, tc = min(t, cn - 1);
         const uint32_t* w = codes + tc * words;
         const uint32_t bit0 = code_bit0[tc] + r0 * kCodeBits;
+        const bool live = t < cn;
         __syncwarp();  // the previous step's offsets have been read
 #pragma unroll
         for (int k = 0; k < kPasses; ++k) {
-            const uint32_t r = part + k * LPT;
-            if (r < stages) {
-                uint2 o = make_uint2(L.zero_row, L.zero_row);
-                if (t < cn && r < rn) {
-                    const uint32_t bit = bit0 + r * kCodeBits, i = bit / 32;
-                    const uint32_t code = __funnelshift_r(w[i], w[i + 1], bit % 32) & code_mask;
-                    o.x = (r * kSubCenters + code / kSubCenters) * row_bytes;
-                    o.y = (r * kSubCenters + code % kSubCenters) * row_bytes;
-                }
-                offsets[sub * stages + r] = o;
-            }
+            if (k > 0 && stages <= k * LPT) break;  // warp-uniform
+            // Computed by every lane without branches; lanes past the
+            // group's stages read staged words they do not use.
+            const uint32_t r = part + k * LPT, bit = bit0 + r * kCodeBits, i = bit / 32;
+            const uint32_t code = __funnelshift_r(w[i], w[i + 1], bit) & code_mask;
+            const uint32_t row0 = r * kSubCenters * row_bytes;
+            const bool used = live && r < rn;
+            const uint2 o = make_uint2(used ? row0 + (code / kSubCenters) * row_bytes : L.zero_row,
+                                       used ? row0 + (code % kSubCenters) * row_bytes : L.zero_row);
+            if (r < stages) offsets[sub * stages + r] = o;
         }
         __syncwarp();
         __half2 sa[4], sb[4];

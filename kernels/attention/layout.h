@@ -72,7 +72,7 @@ COMMVQ_HD inline uint32_t code_threads_per_token(uint32_t score_chunk) { return 
 //   table      [stages_per_group][C][P] half2, then one zero row (padding stages read it)
 //   scores     [G][score_chunk] float: scores, then probabilities
 //   probs      [2][heads_padded][value_chunk + 8] half: p * w of the cluster's query heads (B operand)
-//   bits       [score_chunk][slice words + 1] uint32: this CTA's value code bits (A operand)
+//   bits       [slice words][score_chunk] uint32: this CTA's value code bits (A operand), word-major
 //   tok_block, tok_slot, tok_scale, tok_weight [score_chunk]
 //   offsets    [warps][tokens per warp][stages rounded to 4] uint2: table byte offsets of A and B rows
 //   codes      [score_chunk][code_words] uint32: the words holding each token's stage codes of this head
@@ -97,8 +97,8 @@ struct SharedLayout {
         probs_stride = p.value_chunk + 8;
         bits = align_up(probs + 2 * heads * probs_stride * 2, 16);
         slice_words = slice_bits(m, p) / 32;
-        bits_stride = slice_words + 1;  // tokens 2 apart fall in different banks
-        tok_block = bits + p.score_chunk * bits_stride * 4;
+        bits_stride = p.score_chunk;  // word-major: a word's tokens are adjacent (value_mma.cuh)
+        tok_block = bits + slice_words * bits_stride * 4;
         tok_slot = tok_block + p.score_chunk * 4;
         tok_scale = tok_slot + p.score_chunk * 4;
         tok_weight = tok_scale + p.score_chunk * 4;

@@ -76,28 +76,39 @@ struct ValueTiles {
         }
     }
 
-    // bits: [tokens][bits_stride] words of this CTA's slice; probs: [heads][stride] halves.
+    // bits: [words][bits_stride] of this CTA's slice, word-major (a word's
+    // tokens adjacent, so tokens t, t + 1 come in one 8-byte load);
+    // probs: [heads][stride] halves. Per k step every address moves by a
+    // constant, so the loop carries pointers, not indices.
     __device__ void accumulate(const uint32_t* bits, uint32_t bits_stride, const __half* probs, uint32_t stride,
                                uint32_t k_steps) {
         const uint32_t lane = threadIdx.x % 32, gq = lane / 4, c = lane % 4;
         const uint32_t shift = 7 - gq;
+        const uint2* word[MPW];
+        uint32_t s_lo[MPW], s_hi[MPW];
+#pragma unroll
+        for (int i = 0; i < MPW; ++i) {
+            const uint32_t mt = m_tile0 + i, byte = (2 * mt) % 4;
+            word[i] = reinterpret_cast<const uint2*>(bits + (mt / 2) * bits_stride + 2 * c);
+            s_lo[i] = bit_pair_selector(byte);
+            s_hi[i] = bit_pair_selector(byte + 1);
+        }
+        const __half* row[NPW];
+#pragma unroll
+        for (int j = 0; j < NPW; ++j) row[j] = probs + size_t((n_tile0 + j) * 8 + gq) * stride + 2 * c;
         for (uint32_t k = 0; k < k_steps; ++k) {
-            const uint32_t t0 = 16 * k + 2 * c;
             uint32_t b[NPW][2];
 #pragma unroll
             for (int j = 0; j < NPW; ++j) {
-                const __half* row = probs + size_t((n_tile0 + j) * 8 + gq) * stride + t0;
-                b[j][0] = *reinterpret_cast<const uint32_t*>(row);
-                b[j][1] = *reinterpret_cast<const uint32_t*>(row + 8);
+                b[j][0] = *reinterpret_cast<const uint32_t*>(row[j] + 16 * k);
+                b[j][1] = *reinterpret_cast<const uint32_t*>(row[j] + 16 * k + 8);
             }
 #pragma unroll
             for (int i = 0; i < MPW; ++i) {
-                const uint32_t mt = m_tile0 + i, w = mt / 2, byte = (2 * mt) % 4;
-                const uint32_t x0 = bits[t0 * bits_stride + w] << shift, x1 = bits[(t0 + 1) * bits_stride + w] << shift;
-                const uint32_t x8 = bits[(t0 + 8) * bits_stride + w] << shift, x9 = bits[(t0 + 9) * bits_stride + w] << shift;
-                const uint32_t s_lo = bit_pair_selector(byte), s_hi = bit_pair_selector(byte + 1);
-                const uint32_t a[4] = {bit_pair(x0, x1, s_lo), bit_pair(x0, x1, s_hi), bit_pair(x8, x9, s_lo),
-                                       bit_pair(x8, x9, s_hi)};
+                const uint2 x01 = word[i][8 * k], x89 = word[i][8 * k + 4];  // tokens t0, t0 + 1 and t0 + 8, t0 + 9
+                const uint32_t x0 = x01.x << shift, x1 = x01.y << shift, x8 = x89.x << shift, x9 = x89.y << shift;
+                const uint32_t a[4] = {bit_pair(x0, x1, s_lo[i]), bit_pair(x0, x1, s_hi[i]), bit_pair(x8, x9, s_lo[i]),
+                                       bit_pair(x8, x9, s_hi[i])};
 #pragma unroll
                 for (int j = 0; j < NPW; ++j) mma_16816(acc[i][j], a, b[j][0], b[j][1]);
             }
