@@ -75,11 +75,33 @@ int launch_set_table_entries(int32_t* table_row, uint32_t first, uint32_t count,
                              void* stream);
 int launch_set_state(SeqState* state, SeqState value, void* stream);
 
+// One row of a batched append (commvq_cache_append_batch), in device memory
+// for the kernels of the call: the row's sequence, where its new tokens go
+// and which of its tokens are encoded.
+struct BatchRow {
+    uint32_t seq = 0;
+    uint32_t first_token = 0;    // its first token to encode, counted over the rows before it
+    uint64_t length = 0;         // the layer's tokens before the call: new token t sits at position length + t
+    uint64_t first_encode = 0;   // positions [first_encode, first_window) are encoded: S + compressed before
+    uint64_t first_window = 0;   // S + compressed after: new positions from here on go to the window
+};
+constexpr uint32_t kMaxBatchRowsPerLaunch = 64;
+// rows_dev[first + i] = rows[i] and layer_states[rows[i].seq] = states[i]
+// for i < n (the values travel as kernel arguments).
+int launch_set_batch_rows(BatchRow* rows_dev, SeqState* layer_states, uint32_t first, uint32_t n,
+                           const BatchRow* rows, const SeqState* states, void* stream);
+
 // ---- encoding --------------------------------------------------------------
 
 // Where the tokens to encode come from: position p < from_input_position
 // is read from the uncompressed slots of `seq`, later positions from the
 // input rows (row p - from_input_position), both in io dtype.
+//
+// A batched append sets `rows` instead: token i of a launch is token
+// first_token + i of the batch, which belongs to the last row r whose
+// rows[r].first_token is not above it; that row's tokens come from the
+// slots of rows[r].seq below rows[r].length and from input rows
+// r * row_tokens + (p - rows[r].length) from there on.
 struct EncodeSource {
     UncompressedView slots;
     uint32_t seq = 0;
@@ -87,6 +109,10 @@ struct EncodeSource {
     uint64_t from_input_position = 0;  // positions from here on are input rows
     const void* input_k = nullptr;     // [rows][n_kv_heads][head_dim]
     const void* input_v = nullptr;
+    const BatchRow* rows = nullptr;   // device, [n_rows]; null: one sequence, as above
+    uint32_t n_rows = 0;
+    uint32_t first_token = 0;
+    uint32_t row_tokens = 0;           // input rows per batch row (n_tokens)
 };
 
 // Keys of n tokens -> normalized pre-RoPE keys t [n][n_kv_heads][head_dim]
@@ -133,12 +159,21 @@ int launch_encode_values(const ModelShape& m, const ValueTables& tables, const E
 int launch_store_compressed(const ModelShape& m, const PoolView& pool, uint32_t seq, uint64_t first, uint32_t n,
                             const uint16_t* codes, const float* scales, const uint8_t* bits,
                             const float* weights, void* stream);
+// The same for the n tokens of a batched append that src (src.rows set)
+// names: each into the slot of its own sequence and position.
+int launch_store_compressed_batch(const ModelShape& m, const PoolView& pool, const EncodeSource& src, uint32_t n,
+                                  const uint16_t* codes, const float* scales, const uint8_t* bits,
+                                  const float* weights, void* stream);
 // Copies the uncompressed ones among n new tokens (positions first_position
 // + i) into their slots: sink positions below `sinks`, window positions from
 // `first_window` on; the others are skipped.
 int launch_store_uncompressed(const UncompressedView& slots, uint32_t seq, uint64_t first_position, uint32_t n,
                               uint64_t sinks, uint64_t first_window, const void* k, const void* v,
                               void* stream);
+// The same for every row of a batched append: n_rows rows (device) of
+// n_tokens new tokens each, row r's tokens at input rows r * n_tokens + t.
+int launch_store_uncompressed_batch(const UncompressedView& slots, const BatchRow* rows, uint32_t n_rows,
+                                    uint32_t n_tokens, const void* k, const void* v, void* stream);
 
 // ---- attention ----------------------------------------------------------
 
