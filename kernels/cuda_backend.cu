@@ -144,8 +144,8 @@ private:
     // Brings the device block table and layer state up to the host's view.
     void sync_view(uint32_t layer, const LayerView& view);
     void sync_table(const LayerView& view, uint64_t compressed);
-    void encode(uint32_t layer, uint32_t seq, uint64_t first_position, uint32_t n, uint64_t from_input_position,
-                const void* k, const void* v);
+    // Encodes the n tokens src names (first_token from 0) into the pool.
+    void encode(uint32_t layer, cuda::EncodeSource src, uint64_t n);
     // A batched append of rows whose tokens are device rows k, v.
     void append_rows(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens, const void* k,
                      const void* v);
@@ -396,21 +396,13 @@ void CudaBackend::sync_view(uint32_t layer, const LayerView& view) {
     }
 }
 
-// Encodes the tokens at positions [first_position, + n) into the pool,
-// reading positions below from_input_position from their window slots and
-// later ones from the device rows k, v.
-void CudaBackend::encode(uint32_t layer, uint32_t seq, uint64_t first_position, uint32_t n,
-                         uint64_t from_input_position, const void* k, const void* v) {
-    const uint64_t S = config_.sink_tokens;
-    for (uint32_t done = 0; done < n;) {
-        const uint32_t m = std::min(n - done, kEncodeBatch);
-        cuda::EncodeSource src;
-        src.slots = slots_view(layer);
-        src.seq = seq;
-        src.first_position = first_position + done;
-        src.from_input_position = from_input_position;
-        src.input_k = k;
-        src.input_v = v;
+// In launches of kEncodeBatch tokens: keys prepared and searched, values
+// encoded, codes stored.
+void CudaBackend::encode(uint32_t layer, cuda::EncodeSource src, uint64_t n) {
+    src.slots = slots_view(layer);
+    for (uint64_t done = 0; done < n;) {
+        const uint32_t m = uint32_t(std::min<uint64_t>(n - done, kEncodeBatch));
+        src.first_token = uint32_t(done);
         check_cuda(cuda::launch_prepare_keys(shape_, src, m, rope_freq_.get<double>(), enc_t_.get<float>(),
                                              enc_scales_.get<float>(), stream_),
                    "key preparation");
@@ -421,9 +413,9 @@ void CudaBackend::encode(uint32_t layer, uint32_t seq, uint64_t first_position, 
                                               enc_scratch_.get<float>(), enc_bits_.get<uint8_t>(),
                                               enc_weights_.get<float>(), stream_),
                    "value encoding");
-        check_cuda(cuda::launch_store_compressed(shape_, pool_view(layer), seq, src.first_position - S, m,
-                                                 enc_codes_.get<uint16_t>(), enc_scales_.get<float>(),
-                                                 enc_bits_.get<uint8_t>(), enc_weights_.get<float>(), stream_),
+        check_cuda(cuda::launch_store_compressed(shape_, pool_view(layer), src, m, enc_codes_.get<uint16_t>(),
+                                                 enc_scales_.get<float>(), enc_bits_.get<uint8_t>(),
+                                                 enc_weights_.get<float>(), stream_),
                    "storing codes");
         done += m;
     }
@@ -461,7 +453,13 @@ void CudaBackend::append(uint32_t layer, const LayerView& before, const LayerVie
         const uint64_t new_length = length + n;
         const uint64_t new_compressed = new_length > kept ? std::max(compressed, new_length - kept) : compressed;
         // Tokens leaving the window are encoded while the window still holds them.
-        encode(layer, seq, S + compressed, uint32_t(new_compressed - compressed), length, kr, vr);
+        cuda::EncodeSource src;
+        src.seq = seq;
+        src.first_position = S + compressed;
+        src.from_input_position = length;
+        src.input_k = kr;
+        src.input_v = vr;
+        encode(layer, src, new_compressed - compressed);
         check_cuda(cuda::launch_store_uncompressed(slots_view(layer), seq, length, n, S, S + new_compressed, kr, vr,
                                                    stream_),
                    "storing uncompressed tokens");
@@ -502,32 +500,13 @@ void CudaBackend::append_rows(uint32_t layer, uint32_t n_rows, const AppendRow* 
                                            0, n_rows, batch_host_.data(), batch_states_.data(), stream_),
                "batch rows update");
     // Tokens leaving the windows are encoded while the windows still hold them.
-    for (uint32_t done = 0; done < total;) {
-        const uint32_t m = std::min(total - done, kEncodeBatch);
-        cuda::EncodeSource src;
-        src.slots = slots_view(layer);
-        src.input_k = k;
-        src.input_v = v;
-        src.rows = rows_dev;
-        src.n_rows = n_rows;
-        src.first_token = done;
-        src.row_tokens = n_tokens;
-        check_cuda(cuda::launch_prepare_keys(shape_, src, m, rope_freq_.get<double>(), enc_t_.get<float>(),
-                                             enc_scales_.get<float>(), stream_),
-                   "key preparation");
-        check_cuda(cuda::launch_encode_keys(shape_, key_tables(layer), m, enc_t_.get<float>(),
-                                            enc_codes_.get<uint16_t>(), stream_),
-                   "key encoding");
-        check_cuda(cuda::launch_encode_values(shape_, value_tables(layer), src, m, cublas_, tf32_,
-                                              enc_scratch_.get<float>(), enc_bits_.get<uint8_t>(),
-                                              enc_weights_.get<float>(), stream_),
-                   "value encoding");
-        check_cuda(cuda::launch_store_compressed_batch(shape_, pool_view(layer), src, m, enc_codes_.get<uint16_t>(),
-                                                       enc_scales_.get<float>(), enc_bits_.get<uint8_t>(),
-                                                       enc_weights_.get<float>(), stream_),
-                   "storing codes");
-        done += m;
-    }
+    cuda::EncodeSource src;
+    src.input_k = k;
+    src.input_v = v;
+    src.rows = rows_dev;
+    src.n_rows = n_rows;
+    src.row_tokens = n_tokens;
+    encode(layer, src, total);
     check_cuda(cuda::launch_store_uncompressed_batch(slots_view(layer), rows_dev, n_rows, n_tokens, k, v, stream_),
                "storing uncompressed tokens");
 }

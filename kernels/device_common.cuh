@@ -100,7 +100,7 @@ __device__ __forceinline__ SourceToken source_token(const EncodeSource& src, uin
         v += offset;
     } else {
         t.seq = src.seq;
-        t.position = src.first_position + i;
+        t.position = src.first_position + src.first_token + i;
         from_input = src.from_input_position;
     }
     if (t.position < from_input) {

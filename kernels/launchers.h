@@ -93,25 +93,28 @@ int launch_set_batch_rows(BatchRow* rows_dev, SeqState* layer_states, uint32_t f
 
 // ---- encoding --------------------------------------------------------------
 
-// Where the tokens to encode come from: position p < from_input_position
-// is read from the uncompressed slots of `seq`, later positions from the
-// input rows (row p - from_input_position), both in io dtype.
+// Where the tokens to encode come from, and where their codes go. Token i
+// of a launch is token first_token + i of the call. With one sequence
+// (rows null) it sits at position first_position + first_token + i of
+// `seq`; position p < from_input_position is read from the uncompressed
+// slots of `seq`, later positions from the input rows (row p -
+// from_input_position), both in io dtype.
 //
-// A batched append sets `rows` instead: token i of a launch is token
-// first_token + i of the batch, which belongs to the last row r whose
-// rows[r].first_token is not above it; that row's tokens come from the
-// slots of rows[r].seq below rows[r].length and from input rows
-// r * row_tokens + (p - rows[r].length) from there on.
+// A batched append sets `rows` instead: token j of the call belongs to the
+// last row r whose rows[r].first_token is not above j, and sits at
+// position rows[r].first_encode + (j - rows[r].first_token) of rows[r].seq;
+// that row's tokens come from its slots below rows[r].length and from input
+// rows r * row_tokens + (p - rows[r].length) from there on.
 struct EncodeSource {
     UncompressedView slots;
     uint32_t seq = 0;
-    uint64_t first_position = 0;       // of the first token to encode
+    uint64_t first_position = 0;       // of the call's first token to encode
     uint64_t from_input_position = 0;  // positions from here on are input rows
     const void* input_k = nullptr;     // [rows][n_kv_heads][head_dim]
     const void* input_v = nullptr;
-    const BatchRow* rows = nullptr;   // device, [n_rows]; null: one sequence, as above
+    uint32_t first_token = 0;          // of this launch, counted over the call
+    const BatchRow* rows = nullptr;    // device, [n_rows]; null: one sequence, as above
     uint32_t n_rows = 0;
-    uint32_t first_token = 0;
     uint32_t row_tokens = 0;           // input rows per batch row (n_tokens)
 };
 
@@ -154,16 +157,12 @@ size_t value_encoder_scratch_floats(const ModelShape& m, uint32_t n);
 int launch_encode_values(const ModelShape& m, const ValueTables& tables, const EncodeSource& src, uint32_t n,
                          void* cublas, bool tf32, float* scratch, uint8_t* bits, float* weights, void* stream);
 
-// Writes n encoded tokens into the pool: compressed indices first .. first+n-1
-// of sequence seq (block table row seq).
-int launch_store_compressed(const ModelShape& m, const PoolView& pool, uint32_t seq, uint64_t first, uint32_t n,
+// Writes the n encoded tokens of a launch into the pool: token i (as src
+// names it) into compressed index position - S of its sequence (block
+// table row seq).
+int launch_store_compressed(const ModelShape& m, const PoolView& pool, const EncodeSource& src, uint32_t n,
                             const uint16_t* codes, const float* scales, const uint8_t* bits,
                             const float* weights, void* stream);
-// The same for the n tokens of a batched append that src (src.rows set)
-// names: each into the slot of its own sequence and position.
-int launch_store_compressed_batch(const ModelShape& m, const PoolView& pool, const EncodeSource& src, uint32_t n,
-                                  const uint16_t* codes, const float* scales, const uint8_t* bits,
-                                  const float* weights, void* stream);
 // Copies the uncompressed ones among n new tokens (positions first_position
 // + i) into their slots: sink positions below `sinks`, window positions from
 // `first_window` on; the others are skipped.

@@ -235,9 +235,7 @@ class Cache:
 
     def _batch_tensor(self, call: str, name: str, x: Any, rows: int, tokens: Optional[int]) -> int:
         """Checks a torch tensor argument of append_batch; returns its tokens per row."""
-        if not _tensors.is_torch_tensor(x):
-            raise TensorError(_api.ERR_INVALID_ARGUMENT,
-                              f"{call}: {name} is a {type(x).__name__}; give torch tensors for every input or none")
+        _require_tensor(call, name, x)
         return _tensors.check_batch(call, name, _tensors.describe(x), self.device, self.io_dtype, rows, tokens,
                                     self.n_kv_heads, self.head_dim)
 
@@ -256,9 +254,7 @@ class Cache:
 
     def _tensor(self, call: str, name: str, x: Any, heads: int, rows: Optional[int]) -> int:
         """Checks a torch tensor argument (TensorError otherwise); returns its row count."""
-        if not _tensors.is_torch_tensor(x):
-            raise TensorError(_api.ERR_INVALID_ARGUMENT,
-                              f"{call}: {name} is a {type(x).__name__}; give torch tensors for every input or none")
+        _require_tensor(call, name, x)
         return _tensors.check(call, name, _tensors.describe(x), self.device, self.io_dtype, rows, heads,
                               self.head_dim)
 
@@ -293,3 +289,10 @@ class Cache:
     @staticmethod
     def _flags(causal: bool) -> int:
         return _api.ATTEND_CAUSAL if causal else _api.ATTEND_NON_CAUSAL
+
+
+def _require_tensor(call: str, name: str, x: Any) -> None:
+    """A call's inputs are all torch tensors or none: TensorError for an array among tensors."""
+    if not _tensors.is_torch_tensor(x):
+        raise TensorError(_api.ERR_INVALID_ARGUMENT,
+                          f"{call}: {name} is a {type(x).__name__}; give torch tensors for every input or none")
