@@ -440,10 +440,11 @@ void CudaBackend::append(uint32_t layer, const LayerView& before, const LayerVie
         const uint32_t n = std::min(step, n_tokens - i0);
         const void *kr, *vr;
         if (staged) {
+            // cudaMemcpyDefault: one of k, v may be device memory (a mix is staged whole).
             check_cuda(cudaMemcpyAsync(stage_k_.get(), static_cast<const uint8_t*>(k) + i0 * half_bytes_,
-                                       n * half_bytes_, cudaMemcpyHostToDevice, stream_), "copying keys");
+                                       n * half_bytes_, cudaMemcpyDefault, stream_), "copying keys");
             check_cuda(cudaMemcpyAsync(stage_v_.get(), static_cast<const uint8_t*>(v) + i0 * half_bytes_,
-                                       n * half_bytes_, cudaMemcpyHostToDevice, stream_), "copying values");
+                                       n * half_bytes_, cudaMemcpyDefault, stream_), "copying values");
             kr = stage_k_.get();
             vr = stage_v_.get();
         } else {
