@@ -1,9 +1,9 @@
 /*
  * How an inference engine drives libcommvq, in C99: prefill two sequences,
- * decode them together with one batched call per layer, fork one for a
- * second continuation, roll back rejected speculative tokens, and report the
- * memory held. Keys, values and queries are random here; an engine passes
- * the tensors its projections produced.
+ * decode them together with one batched append and one batched attention
+ * per layer, fork one for a second continuation, roll back rejected
+ * speculative tokens, and report the memory held. Keys, values and queries
+ * are random here; an engine passes the tensors its projections produced.
  *
  * usage: commvq_engine_loop CODEBOOK.safetensors
  */
@@ -80,15 +80,14 @@ int main(int argc, char** argv) {
         }
     }
 
-    /* Decode: one token per sequence per step, both sequences in one call. */
+    /* Decode: one token per sequence per step; per layer, one call appends
+     * both sequences' tokens (k, v [2][n_kv_heads][head_dim]) and one
+     * attends both queries. */
     for (step = 0; step < steps; ++step) {
         for (layer = 0; layer < info.n_layers; ++layer) {
-            fill_random(k, token_floats);
-            fill_random(v, token_floats);
-            CHECK(commvq_cache_append(cache, layer, 0, 1, k, v));
-            fill_random(k, token_floats);
-            fill_random(v, token_floats);
-            CHECK(commvq_cache_append(cache, layer, 1, 1, k, v));
+            fill_random(k, token_floats * 2);
+            fill_random(v, token_floats * 2);
+            CHECK(commvq_cache_append_batch(cache, layer, 2, seq_ids, 1, k, v));
             fill_random(q, query_floats * 2);
             CHECK(commvq_cache_attend_batch(cache, layer, 2, seq_ids, q, out, NULL, 0));
         }

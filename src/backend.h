@@ -53,6 +53,13 @@ struct AttendCall {
     float* lse = nullptr;     // [n_rows][n_q_heads] or null
 };
 
+// One row of a batched append: one sequence's layer around the call, as
+// Backend::append's before and after.
+struct AppendRow {
+    LayerView before;
+    LayerView after;
+};
+
 class Backend {
 public:
     virtual ~Backend() = default;
@@ -66,6 +73,14 @@ public:
     // the window. k, v: [n_tokens][n_kv_heads][head_dim] in io_dtype.
     virtual void append(uint32_t layer, const LayerView& before, const LayerView& after,
                         uint32_t n_tokens, const void* k, const void* v) = 0;
+
+    // append() for each of n_rows rows of one layer, whose sequences are
+    // distinct: row r's tokens are token rows [r * n_tokens, (r + 1) *
+    // n_tokens) of k and v, and its blocks are ready as for append(). The
+    // result is that of the rows appended one after the other; a back end
+    // encodes the tokens of all rows together.
+    virtual void append_batch(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
+                              const void* k, const void* v) = 0;
 
     // Copies every layer of block src into block dst (copy-on-write).
     virtual void copy_block(uint32_t src, uint32_t dst) = 0;

@@ -101,6 +101,9 @@ Cache::Cache(const Codebook& cb, const commvq_cache_params_t& params)
         s.blocks.reserve(n_blocks);
         s.layers.resize(cb_.n_layers);
     }
+    append_rows_.resize(params_.max_seqs);
+    seq_stamps_.assign(params_.max_seqs, 0);
+    shared_writers_.assign(n_blocks, 0);
 }
 
 void Cache::check_layer(uint32_t layer, const char* fn) const {
@@ -161,6 +164,28 @@ void Cache::trim_blocks(Sequence& s, uint64_t keep) {
     s.blocks.resize(keep);
 }
 
+LayerState Cache::append_state(const char* fn, uint32_t layer, uint32_t seq, uint32_t n_tokens,
+                               int64_t entry) const {
+    const Sequence& s = seqs_[seq];
+    const LayerState before = s.layers[layer];
+    const uint64_t frontier = s.frontier();
+    const bool catches_up = before.length + n_tokens <= frontier;
+    const bool leads = before.length == frontier && s.in_step();
+    require(catches_up || leads, COMMVQ_ERR_INVALID_STATE, [&] {
+        std::string lengths;
+        for (uint32_t l = 0; l < cb_.n_layers; ++l) lengths += (l ? ", " : "") + str(s.layers[l].length);
+        return std::string(fn) + (entry >= 0 ? ": entry " + str(uint64_t(entry)) : std::string()) +
+               ": layers out of step: sequence " + str(seq) + " layer " + str(layer) + " holds " +
+               str(before.length) + " tokens; " + str(n_tokens) +
+               " more would pass the furthest layer before every layer has caught up (layer lengths: " + lengths +
+               ")";
+    });
+    LayerState after;
+    after.length = before.length + n_tokens;
+    after.compressed = compressed_after(after.length, before.compressed);
+    return after;
+}
+
 void Cache::append(uint32_t layer, uint32_t seq, uint32_t n_tokens, const void* k, const void* v) {
     const char* fn = "commvq_cache_append";
     check_layer(layer, fn);
@@ -169,20 +194,7 @@ void Cache::append(uint32_t layer, uint32_t seq, uint32_t n_tokens, const void* 
     require(k && v, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_append: k or v is NULL");
     Sequence& s = seqs_[seq];
     const LayerState before = s.layers[layer];
-    const uint64_t frontier = s.frontier();
-    const bool catches_up = before.length + n_tokens <= frontier;
-    const bool leads = before.length == frontier && s.in_step();
-    require(catches_up || leads, COMMVQ_ERR_INVALID_STATE, [&] {
-        std::string lengths;
-        for (uint32_t l = 0; l < cb_.n_layers; ++l) lengths += (l ? ", " : "") + str(s.layers[l].length);
-        return std::string(fn) + ": layers out of step: sequence " + str(seq) + " layer " + str(layer) + " holds " +
-               str(before.length) + " tokens; " + str(n_tokens) +
-               " more would pass the furthest layer before every layer has caught up (layer lengths: " + lengths +
-               ")";
-    });
-    LayerState after;
-    after.length = before.length + n_tokens;
-    after.compressed = compressed_after(after.length, before.compressed);
+    const LayerState after = append_state(fn, layer, seq, n_tokens, -1);
     const uint64_t needed = blocks_needed(s, before.compressed, after.compressed);
     require(needed <= pool_.free_count(), COMMVQ_ERR_CAPACITY, [&] {
         return std::string(fn) + ": the block pool is full: this append needs " + str(needed) + " more blocks, " +
@@ -200,6 +212,109 @@ void Cache::append(uint32_t layer, uint32_t seq, uint32_t n_tokens, const void* 
     s.layers[layer] = after;
     const LayerView after_view = s.view(seq, layer, params_.sink_tokens);
     backend_->append(layer, before_view, after_view, n_tokens, k, v);
+}
+
+void Cache::append_batch(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids, uint32_t n_tokens,
+                         const void* k, const void* v) {
+    const char* fn = "commvq_cache_append_batch";
+    check_layer(layer, fn);
+    require(n_seqs > 0, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_append_batch: n_seqs is 0");
+    require(n_tokens > 0, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_append_batch: n_tokens is 0");
+    require(seq_ids && k && v, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_append_batch: seq_ids, k or v is NULL");
+
+    // Every id in range and named once: a sequence's stamp is this call's
+    // once an entry names it. (A new stamp per call; all cleared when the
+    // counter wraps.)
+    if (++stamp_ == 0) {
+        std::fill(seq_stamps_.begin(), seq_stamps_.end(), 0u);
+        stamp_ = 1;
+    }
+    for (uint32_t i = 0; i < n_seqs; ++i) {
+        const uint32_t seq = seq_ids[i];
+        require(seq < params_.max_seqs, COMMVQ_ERR_OUT_OF_RANGE, [&] {
+            return std::string(fn) + ": entry " + str(i) + ": sequence " + str(seq) + " out of range (max_seqs is " +
+                   str(params_.max_seqs) + ")";
+        });
+        require(seq_stamps_[seq] != stamp_, COMMVQ_ERR_INVALID_ARGUMENT, [&] {
+            uint32_t first = 0;
+            while (seq_ids[first] != seq) ++first;
+            return std::string(fn) + ": entries " + str(first) + " and " + str(i) + " both name sequence " + str(seq) +
+                   "; a batch appends to each sequence once (give a sequence several tokens with n_tokens)";
+        });
+        seq_stamps_[seq] = stamp_;
+    }
+    // Distinct ids: n_seqs <= max_seqs. The caller's rows must fit the
+    // address space for their offsets to be computed.
+    const uint64_t n_rows = uint64_t(n_seqs) * n_tokens;  // < 2^64
+    const uint64_t token_bytes = uint64_t(cb_.value_dim()) * dtype_size(params_.io_dtype);
+    require(n_rows <= std::numeric_limits<size_t>::max() / token_bytes, COMMVQ_ERR_INVALID_ARGUMENT, [&] {
+        return std::string(fn) + ": " + str(n_seqs) + " sequences of " + str(n_tokens) + " tokens of " +
+               str(token_bytes) + " bytes each: k and v cannot be that large";
+    });
+    for (uint32_t i = 0; i < n_seqs; ++i) append_state(fn, layer, seq_ids[i], n_tokens, i);
+
+    // Blocks: new table entries, plus a copy for every row that writes into
+    // a shared block while it is still shared. Appended one after the
+    // other, the writers of a block held by r tables copy it until the last
+    // holder has it alone: min(writers, r - 1) copies. Nothing below throws
+    // until the marks are cleared again.
+    const uint32_t bt = params_.block_tokens;
+    // The table entries row i writes into ([first, end)) and the new blocks it adds.
+    struct Writes {
+        uint64_t first = 0, end = 0, added = 0;
+    };
+    const auto writes = [&](uint32_t i) {
+        const Sequence& s = seqs_[seq_ids[i]];
+        const LayerState before = s.layers[layer];
+        const uint64_t after = compressed_after(before.length + n_tokens, before.compressed);
+        Writes w;
+        if (after == before.compressed) return w;
+        const uint64_t table = s.blocks.size(), end = blocks_for(after, bt);
+        w.first = before.compressed / bt;
+        w.end = std::min(end, table);
+        w.added = end > table ? end - table : 0;
+        return w;
+    };
+    uint64_t needed = 0;
+    for (uint32_t i = 0; i < n_seqs; ++i) {
+        const Writes w = writes(i);
+        const Sequence& s = seqs_[seq_ids[i]];
+        needed += w.added;
+        for (uint64_t j = w.first; j < w.end; ++j)
+            if (pool_.shared(s.blocks[j])) ++shared_writers_[s.blocks[j]];
+    }
+    for (uint32_t i = 0; i < n_seqs; ++i) {
+        const Writes w = writes(i);
+        const Sequence& s = seqs_[seq_ids[i]];
+        for (uint64_t j = w.first; j < w.end; ++j) {
+            uint32_t& writers = shared_writers_[s.blocks[j]];
+            if (writers == 0) continue;
+            needed += std::min<uint64_t>(writers, pool_.references(s.blocks[j]) - 1);
+            writers = 0;
+        }
+    }
+    require(needed <= pool_.free_count(), COMMVQ_ERR_CAPACITY, [&] {
+        return std::string(fn) + ": the block pool is full: this batch needs " + str(needed) + " more blocks, " +
+               str(pool_.free_count()) + " of " + str(pool_.capacity()) + " are free";
+    });
+    for (const void* x : {k, v})
+        if (backend_->host_readable(x))
+            require_batch_inputs(fn, x == k ? "k" : "v", x, params_.io_dtype, n_seqs, n_tokens, cb_.value_dim());
+
+    // Everything is checked: the rows change in turn, as appends would,
+    // with steps that cannot fail (make_writable has its blocks), then the
+    // back end stores and encodes all rows at once.
+    for (uint32_t i = 0; i < n_seqs; ++i) {
+        const uint32_t seq = seq_ids[i];
+        Sequence& s = seqs_[seq];
+        const LayerState before = s.layers[layer];
+        const LayerState after{before.length + n_tokens, compressed_after(before.length + n_tokens, before.compressed)};
+        make_writable(s, before.compressed, after.compressed);
+        append_rows_[i].before = s.view(seq, layer, params_.sink_tokens);
+        s.layers[layer] = after;
+        append_rows_[i].after = s.view(seq, layer, params_.sink_tokens);
+    }
+    backend_->append_batch(layer, n_seqs, append_rows_.data(), n_tokens, k, v);
 }
 
 void Cache::attend(uint32_t layer, uint32_t seq, uint32_t n_queries, const void* q, void* out,
@@ -394,7 +509,9 @@ commvq_cache_stats_t Cache::stats() const {
     st.bytes_reserved = codebook_bytes + backend_->bytes_reserved() +
                         uint64_t(seqs_.size()) * (uint64_t(pool_.capacity()) * sizeof(uint32_t) +
                                                   cb_.n_layers * sizeof(LayerState)) +
-                        uint64_t(pool_.capacity()) * 2 * sizeof(uint32_t);
+                        uint64_t(pool_.capacity()) * 2 * sizeof(uint32_t) +
+                        uint64_t(seqs_.size()) * (sizeof(AppendRow) + sizeof(uint32_t)) +
+                        uint64_t(shared_writers_.size()) * sizeof(uint32_t);
     st.bytes_per_compressed_token = double(layout_.token_bytes()) * cb_.n_layers;
     st.bytes_per_token_16bit = double(token_bytes_16) * cb_.n_layers;
     return st;

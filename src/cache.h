@@ -24,6 +24,10 @@ public:
     Cache(const Codebook& cb, const commvq_cache_params_t& params);
 
     void append(uint32_t layer, uint32_t seq, uint32_t n_tokens, const void* k, const void* v);
+    // n_tokens tokens for each of n_seqs distinct sequences of one layer:
+    // append() row by row, but every row is checked before any changes.
+    void append_batch(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids, uint32_t n_tokens,
+                      const void* k, const void* v);
     void attend(uint32_t layer, uint32_t seq, uint32_t n_queries, const void* q, void* out,
                 float* lse, uint32_t flags);
     void attend_batch(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids, const void* q,
@@ -61,6 +65,10 @@ private:
     void check_layer(uint32_t layer, const char* fn) const;
     void check_seq(uint32_t seq, const char* fn) const;
     uint64_t compressed_after(uint64_t length, uint64_t compressed) const;
+    // The layer state after n_tokens more, or INVALID_STATE if the layers
+    // of the sequence are not in step for it (entry >= 0: a batch's row).
+    LayerState append_state(const char* fn, uint32_t layer, uint32_t seq, uint32_t n_tokens,
+                            int64_t entry) const;
     // Blocks an append needs beyond those the sequence holds alone: new
     // table entries plus copies of shared blocks it would write to.
     uint64_t blocks_needed(const Sequence& s, uint64_t compressed_before,
@@ -82,6 +90,15 @@ private:
     // Scratch of attend and attend_batch, grown to the largest call.
     std::vector<AttendRow> rows_;
     std::vector<LayerView> views_;
+    // Scratch of append_batch, taken at creation (its ids are distinct, so
+    // it has at most max_seqs rows): the rows for the back end; per
+    // sequence, the stamp of the last batch that named it (duplicates);
+    // per block, how many rows of the batch write into it while it is
+    // shared (copy-on-write copies), zero between calls.
+    std::vector<AppendRow> append_rows_;
+    std::vector<uint32_t> seq_stamps_;
+    uint32_t stamp_ = 0;
+    std::vector<uint32_t> shared_writers_;
 };
 
 }  // namespace commvq

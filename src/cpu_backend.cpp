@@ -38,6 +38,7 @@ CpuBackend::CpuBackend(const Codebook& cb, const BackendConfig& config)
     // Each scratch holds one work item of kEncodeBatch tokens; encoder has
     // the value encoder's scratch, then each token's key scales, weight and
     // value code bits.
+    batch_first_.resize(size_t(config.max_seqs) + 1);
     for (auto& s : encode_scratch_) {
         s.key.resize(kEncodeBatch * cb.value_dim());
         s.value.resize(kEncodeBatch * cb.value_dim());
@@ -48,72 +49,121 @@ CpuBackend::CpuBackend(const Codebook& cb, const BackendConfig& config)
     }
 }
 
-void CpuBackend::append(uint32_t layer, const LayerView& before, const LayerView& after,
-                        uint32_t n_tokens, const void* k, const void* v) {
-    const uint64_t S = config_.sink_tokens;
+CpuBackend::EncodeJob CpuBackend::encode_job(uint32_t layer, const LayerView& before, const LayerView& after,
+                                              uint64_t position, const uint8_t* k, const uint8_t* v) {
+    const uint64_t i = position - config_.sink_tokens;
     const uint32_t bt = config_.layout.block_tokens;
-    const size_t half = storage_.slot_half_bytes();
-    const auto* k_in = static_cast<const uint8_t*>(k);
-    const auto* v_in = static_cast<const uint8_t*>(v);
-    const uint32_t seq = after.seq;
+    EncodeJob job;
+    job.position = position;
+    if (position < before.length) {  // still in the window
+        job.k = storage_.slot(after.seq, layer, position);
+        job.v = job.k + storage_.slot_half_bytes();
+    } else {
+        job.k = k + (position - before.length) * storage_.slot_half_bytes();
+        job.v = v + (position - before.length) * storage_.slot_half_bytes();
+    }
+    job.slot = token_slot(config_.layout, storage_.block(layer, after.blocks[i / bt]), uint32_t(i % bt));
+    return job;
+}
 
-    // Tokens leaving the window (or never entering it) are encoded first,
-    // while the window still holds the old ones.
-    const uint64_t first = S + before.compressed;
-    const uint64_t n_encode = after.compressed - before.compressed;
-    const size_t n_items = (n_encode + kEncodeBatch - 1) / kEncodeBatch;
-    // Each work item: its tokens' keys to the canonical pair layout (un-
-    // rotated to pre-RoPE if the host hands over post-RoPE keys), both
-    // encoders over the tile, then codes, scales and weights into the slots.
+// Each tile: its tokens' keys to the canonical pair layout (un-rotated to
+// pre-RoPE if the host hands over post-RoPE keys), both encoders over the
+// tile, then codes, scales and weights into the slots.
+void CpuBackend::encode(uint32_t layer, unsigned thread, const EncodeJob* jobs, uint32_t n) {
     const uint32_t d = cb_.head_dim, D = cb_.value_dim(), n_codes = cb_.n_kv_heads * cb_.key_stages;
     const uint32_t n_scales = cb_.n_key_scales(), value_bytes = cb_.value_code_bits() / 8;
+    EncodeScratch& s = encode_scratch_[thread];
+    float* value_scratch = s.encoder.data();
+    float* scales = value_scratch + kEncodeBatch * value_encoders_[layer].scratch_floats();
+    float* weights = scales + kEncodeBatch * n_scales;
+    auto* value_bits = reinterpret_cast<uint8_t*>(weights + kEncodeBatch);
+    for (uint32_t t = 0; t < n; ++t) {
+        to_float(jobs[t].k, config_.io_dtype, D, s.token.data());
+        for (uint32_t g = 0; g < cb_.n_kv_heads; ++g) {
+            float* key = s.key.data() + size_t(t) * D + size_t(g) * d;
+            to_canonical(s.token.data() + size_t(g) * d, d, cb_.pair_layout, key);
+            if (config_.key_convention == COMMVQ_KEYS_POST_ROPE) rope_.rotate(key, jobs[t].position, -1, key);
+        }
+        to_float(jobs[t].v, config_.io_dtype, D, s.value.data() + size_t(t) * D);
+    }
+    key_encoders_[layer].encode_tile(n, s.key.data(), D, s.codes.data(), n_codes, scales, n_scales, s.keys);
+    value_encoders_[layer].encode_tile(n, s.value.data(), D, value_bits, value_bytes, weights, 1, value_scratch);
+    for (uint32_t t = 0; t < n; ++t) {
+        const TokenSlot& slot = jobs[t].slot;
+        pack_codes(s.codes.data() + size_t(t) * n_codes, n_codes, cb_.code_bits(), slot.key_codes);
+        std::memcpy(slot.key_scales, scales + size_t(t) * n_scales, 4 * size_t(n_scales));
+        std::memcpy(slot.value_codes, value_bits + size_t(t) * value_bytes, value_bytes);
+        std::memcpy(slot.value_weight, weights + t, 4);
+    }
+}
+
+// New tokens that stay uncompressed: sinks, then the window.
+void CpuBackend::store_uncompressed(uint32_t layer, const LayerView& before, const LayerView& after,
+                                    const uint8_t* k, const uint8_t* v) {
+    const uint64_t S = config_.sink_tokens;
+    const size_t half = storage_.slot_half_bytes();
+    for (uint64_t p = before.length; p < after.length; ++p) {
+        if (p >= S && p < S + after.compressed) continue;
+        uint8_t* slot = storage_.slot(after.seq, layer, p);
+        std::memcpy(slot, k + (p - before.length) * half, half);
+        std::memcpy(slot + half, v + (p - before.length) * half, half);
+    }
+}
+
+void CpuBackend::append(uint32_t layer, const LayerView& before, const LayerView& after,
+                        uint32_t n_tokens, const void* k, const void* v) {
+    (void)n_tokens;  // after.length - before.length
+    const auto* k_in = static_cast<const uint8_t*>(k);
+    const auto* v_in = static_cast<const uint8_t*>(v);
+    // Tokens leaving the window (or never entering it) are encoded first,
+    // while the window still holds the old ones.
+    const uint64_t first = config_.sink_tokens + before.compressed;
+    const uint64_t n_encode = after.compressed - before.compressed;
+    const size_t n_items = (n_encode + kEncodeBatch - 1) / kEncodeBatch;
     pool_.parallel_for(n_items, [&](size_t item, unsigned thread) {
         const uint64_t p0 = first + item * kEncodeBatch;
         const uint32_t n = uint32_t(std::min(first + n_encode, p0 + kEncodeBatch) - p0);
-        EncodeScratch& s = encode_scratch_[thread];
-        float* value_scratch = s.encoder.data();
-        float* scales = value_scratch + kEncodeBatch * value_encoders_[layer].scratch_floats();
-        float* weights = scales + kEncodeBatch * n_scales;
-        auto* value_bits = reinterpret_cast<uint8_t*>(weights + kEncodeBatch);
-        TokenSlot slots[kEncodeBatch];
-        for (uint32_t t = 0; t < n; ++t) {
-            const uint64_t p = p0 + t;
-            const uint8_t *kp, *vp;
-            if (p < before.length) {
-                kp = storage_.slot(seq, layer, p);
-                vp = kp + half;
-            } else {
-                kp = k_in + (p - before.length) * half;
-                vp = v_in + (p - before.length) * half;
-            }
-            const uint64_t i = p - S;
-            slots[t] = token_slot(config_.layout, storage_.block(layer, after.blocks[i / bt]), uint32_t(i % bt));
-            to_float(kp, config_.io_dtype, D, s.token.data());
-            for (uint32_t g = 0; g < cb_.n_kv_heads; ++g) {
-                float* key = s.key.data() + size_t(t) * D + size_t(g) * d;
-                to_canonical(s.token.data() + size_t(g) * d, d, cb_.pair_layout, key);
-                if (config_.key_convention == COMMVQ_KEYS_POST_ROPE) rope_.rotate(key, p, -1, key);
-            }
-            to_float(vp, config_.io_dtype, D, s.value.data() + size_t(t) * D);
-        }
-        key_encoders_[layer].encode_tile(n, s.key.data(), D, s.codes.data(), n_codes, scales, n_scales, s.keys);
-        value_encoders_[layer].encode_tile(n, s.value.data(), D, value_bits, value_bytes, weights, 1,
-                                             value_scratch);
-        for (uint32_t t = 0; t < n; ++t) {
-            pack_codes(s.codes.data() + size_t(t) * n_codes, n_codes, cb_.code_bits(), slots[t].key_codes);
-            std::memcpy(slots[t].key_scales, scales + size_t(t) * n_scales, 4 * size_t(n_scales));
-            std::memcpy(slots[t].value_codes, value_bits + size_t(t) * value_bytes, value_bytes);
-            std::memcpy(slots[t].value_weight, weights + t, 4);
-        }
+        EncodeJob jobs[kEncodeBatch];
+        for (uint32_t t = 0; t < n; ++t) jobs[t] = encode_job(layer, before, after, p0 + t, k_in, v_in);
+        encode(layer, thread, jobs, n);
     });
+    store_uncompressed(layer, before, after, k_in, v_in);
+}
 
-    // New tokens that stay uncompressed: sinks, then the window.
-    for (uint64_t p = before.length; p < after.length; ++p) {
-        if (p >= S && p < S + after.compressed) continue;
-        uint8_t* slot = storage_.slot(seq, layer, p);
-        std::memcpy(slot, k_in + (p - before.length) * half, half);
-        std::memcpy(slot + half, v_in + (p - before.length) * half, half);
+void CpuBackend::append_batch(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
+                              const void* k, const void* v) {
+    const auto* k_in = static_cast<const uint8_t*>(k);
+    const auto* v_in = static_cast<const uint8_t*>(v);
+    const size_t row_bytes = size_t(n_tokens) * storage_.slot_half_bytes();
+    // The tokens every row compresses, numbered across the rows, encoded in
+    // tiles that may span rows (a token's codes do not depend on its tile).
+    uint64_t total = 0;
+    for (uint32_t r = 0; r < n_rows; ++r) {
+        batch_first_[r] = total;
+        total += rows[r].after.compressed - rows[r].before.compressed;
     }
+    batch_first_[n_rows] = total;
+    const uint64_t S = config_.sink_tokens;
+    const size_t n_items = (total + kEncodeBatch - 1) / kEncodeBatch;
+    pool_.parallel_for(n_items, [&](size_t item, unsigned thread) {
+        const uint64_t f0 = item * kEncodeBatch;
+        const uint32_t n = uint32_t(std::min<uint64_t>(total - f0, kEncodeBatch));
+        // The last row that starts at or before f0 holds it (rows with
+        // nothing to encode start where the next one does).
+        uint32_t r = uint32_t(std::upper_bound(batch_first_.data(), batch_first_.data() + n_rows + 1, f0) -
+                              batch_first_.data()) - 1;
+        EncodeJob jobs[kEncodeBatch];
+        for (uint32_t t = 0; t < n; ++t) {
+            const uint64_t f = f0 + t;
+            while (f >= batch_first_[r + 1]) ++r;
+            const AppendRow& row = rows[r];
+            jobs[t] = encode_job(layer, row.before, row.after, S + row.before.compressed + (f - batch_first_[r]),
+                                 k_in + r * row_bytes, v_in + r * row_bytes);
+        }
+        encode(layer, thread, jobs, n);
+    });
+    for (uint32_t r = 0; r < n_rows; ++r)
+        store_uncompressed(layer, rows[r].before, rows[r].after, k_in + r * row_bytes, v_in + r * row_bytes);
 }
 
 void CpuBackend::copy_block(uint32_t src, uint32_t dst) {
@@ -190,7 +240,7 @@ uint64_t CpuBackend::bytes_reserved() const {
     for (const auto& s : encode_scratch_)
         n += (s.key.size() + s.value.size() + s.token.size() + s.encoder.size()) * sizeof(float) +
              s.codes.size() * sizeof(uint16_t);
-    return n;
+    return n + batch_first_.size() * sizeof(uint64_t);
 }
 
 uint64_t CpuBackend::bytes_codebook() const { return attention_.bytes_tables(); }

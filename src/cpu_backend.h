@@ -21,6 +21,8 @@ public:
 
     void append(uint32_t layer, const LayerView& before, const LayerView& after, uint32_t n_tokens,
                 const void* k, const void* v) override;
+    void append_batch(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens, const void* k,
+                      const void* v) override;
     void copy_block(uint32_t src, uint32_t dst) override;
     void copy_uncompressed(uint32_t src, uint32_t dst) override;
     void attend(const AttendCall& call) override;
@@ -49,6 +51,25 @@ private:
         KeyEncoder::Scratch keys;
     };
 
+    // One token to encode: its position, where its keys and values are
+    // read (a window slot or the caller's row) and the slot its codes go to.
+    struct EncodeJob {
+        uint64_t position;
+        const uint8_t* k;
+        const uint8_t* v;
+        TokenSlot slot;
+    };
+    // The job of the token at `position`, compressed by an append of the
+    // rows k, v to the layer (before -> after).
+    EncodeJob encode_job(uint32_t layer, const LayerView& before, const LayerView& after, uint64_t position,
+                         const uint8_t* k, const uint8_t* v);
+    // Encodes up to kEncodeBatch tokens of one layer on one thread.
+    void encode(uint32_t layer, unsigned thread, const EncodeJob* jobs, uint32_t n);
+    // Copies an append's new tokens that stay uncompressed into their sink
+    // or window slots.
+    void store_uncompressed(uint32_t layer, const LayerView& before, const LayerView& after, const uint8_t* k,
+                            const uint8_t* v);
+
     const Codebook& cb_;
     BackendConfig config_;
     ThreadPool pool_;
@@ -58,6 +79,9 @@ private:
     std::vector<KeyEncoder> key_encoders_;      // per layer
     std::vector<ValueEncoder> value_encoders_;  // per layer
     std::vector<EncodeScratch> encode_scratch_; // per thread
+    // append_batch: row r's first token to encode, counted over the rows
+    // before it; [max_seqs + 1], taken at creation.
+    std::vector<uint64_t> batch_first_;
 };
 
 }  // namespace commvq

@@ -33,4 +33,9 @@ size_t first_bad_input(const void* data, int32_t dtype, size_t n);
 void require_inputs(const char* fn, const char* name, const char* row, const void* data, int32_t dtype,
                     size_t n_rows, size_t row_elements);
 
+// The same for a batch of n_entries entries of n_tokens tokens each
+// (commvq_cache_append_batch): "k of entry 2, token 0, element 17".
+void require_batch_inputs(const char* fn, const char* name, const void* data, int32_t dtype, size_t n_entries,
+                          size_t n_tokens, size_t token_elements);
+
 }  // namespace commvq

@@ -80,6 +80,60 @@ namespace Commvq
                 library.Check(library.Api.commvq_cache_append(lease.Pointer, layer, seq, nTokens, k, v));
         }
 
+        uint BatchTokens(int length, int nSeqs)
+        {
+            uint rows = Rows(length, kvRow, "k");
+            if (nSeqs == 0)
+                throw new ArgumentException("no sequences");
+            if (rows % nSeqs != 0)
+                throw new ArgumentException("k holds " + rows + " tokens, not a multiple of " + nSeqs + " sequences");
+            return rows / (uint)nSeqs;
+        }
+
+        /// <summary>
+        /// Appends to one layer of several sequences in one call: k, v
+        /// [seqIds.Length][n_tokens][n_kv_heads][head_dim] (n_tokens 1: one decode
+        /// step), the ids distinct. As Append for each sequence in turn, but all
+        /// or nothing.
+        /// </summary>
+        public void AppendBatch(uint layer, uint[] seqIds, float[] k, float[] v) =>
+            AppendBatch(layer, (ReadOnlySpan<uint>)seqIds, (ReadOnlySpan<float>)k, (ReadOnlySpan<float>)v);
+
+        /// <summary>AppendBatch for F16 or BF16 io, as raw bits.</summary>
+        public void AppendBatch(uint layer, uint[] seqIds, ushort[] k, ushort[] v) =>
+            AppendBatch(layer, (ReadOnlySpan<uint>)seqIds, (ReadOnlySpan<ushort>)k, (ReadOnlySpan<ushort>)v);
+
+        /// <summary>AppendBatch from spans: no copy.</summary>
+        public void AppendBatch(uint layer, ReadOnlySpan<uint> seqIds, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+        {
+            CheckDtype(false);
+            uint n = BatchTokens(k.Length, seqIds.Length);
+            if (v.Length != k.Length)
+                throw new ArgumentException("k has " + k.Length + " elements, v " + v.Length);
+            fixed (uint* ps = &MemoryMarshal.GetReference(seqIds))
+            fixed (float* pk = &MemoryMarshal.GetReference(k), pv = &MemoryMarshal.GetReference(v))
+                AppendBatch(layer, (uint)seqIds.Length, ps, n, pk, pv);
+        }
+
+        /// <summary>AppendBatch of F16 or BF16 bits from spans.</summary>
+        public void AppendBatch(uint layer, ReadOnlySpan<uint> seqIds, ReadOnlySpan<ushort> k, ReadOnlySpan<ushort> v)
+        {
+            CheckDtype(true);
+            uint n = BatchTokens(k.Length, seqIds.Length);
+            if (v.Length != k.Length)
+                throw new ArgumentException("k has " + k.Length + " elements, v " + v.Length);
+            fixed (uint* ps = &MemoryMarshal.GetReference(seqIds))
+            fixed (ushort* pk = &MemoryMarshal.GetReference(k), pv = &MemoryMarshal.GetReference(v))
+                AppendBatch(layer, (uint)seqIds.Length, ps, n, pk, pv);
+        }
+
+        /// <summary>AppendBatch from memory the caller owns, in the cache's io dtype.</summary>
+        public void AppendBatch(uint layer, uint nSeqs, uint* seqIds, uint nTokens, void* k, void* v)
+        {
+            using (var lease = new Lease(handle, nameof(Cache)))
+                library.Check(library.Api.commvq_cache_append_batch(lease.Pointer, layer, nSeqs, seqIds, nTokens, k, v));
+        }
+
         void CheckOutputs(uint n, int outLength, int lseLength, bool hasLse)
         {
             if (outLength != n * qRow)

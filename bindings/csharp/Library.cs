@@ -50,6 +50,7 @@ namespace Commvq
         public Functions.commvq_cache_create commvq_cache_create;
         public Functions.commvq_cache_destroy commvq_cache_destroy;
         public Functions.commvq_cache_append commvq_cache_append;
+        public Functions.commvq_cache_append_batch commvq_cache_append_batch;
         public Functions.commvq_cache_attend commvq_cache_attend;
         public Functions.commvq_cache_attend_batch commvq_cache_attend_batch;
         public Functions.commvq_cache_seq_length commvq_cache_seq_length;

@@ -184,6 +184,9 @@ namespace Commvq
         [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
         public delegate int commvq_cache_append(IntPtr cache, uint layer, uint seq, uint n_tokens, void* k, void* v);
         [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+        public delegate int commvq_cache_append_batch(IntPtr cache, uint layer, uint n_seqs, uint* seq_ids,
+                                                      uint n_tokens, void* k, void* v);
+        [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
         public delegate int commvq_cache_attend(IntPtr cache, uint layer, uint seq, uint n_queries, void* q,
                                                 void* @out, float* lse, uint flags);
         [UnmanagedFunctionPointer(CallingConvention.Cdecl)]

@@ -148,6 +148,52 @@ func (c *Cache) AppendHalf(layer, seq uint32, k, v []uint16) error {
 	return c.append(layer, seq, len(k), len(v), unsafe.Pointer(&k[0]), unsafe.Pointer(&v[0]), true)
 }
 
+func (c *Cache) appendBatch(layer uint32, seqIDs []uint32, nk, nv int, k, v unsafe.Pointer, half bool) error {
+	if err := c.live(); err != nil {
+		return err
+	}
+	if err := c.checkDtype(half); err != nil {
+		return err
+	}
+	if len(seqIDs) == 0 {
+		return refuse(ErrInvalidArgument, "no sequences")
+	}
+	n, err := rows(nk, c.kvRow, "k")
+	if err != nil {
+		return err
+	}
+	if nv != nk {
+		return refuse(ErrShapeMismatch, "k has %d elements, v %d", nk, nv)
+	}
+	if int(n)%len(seqIDs) != 0 {
+		return refuse(ErrShapeMismatch, "k holds %d tokens, not a multiple of %d sequences", n, len(seqIDs))
+	}
+	err = c.lib.call(func() C.commvq_status_t {
+		return C.cq_cache_append_batch(c.lib.api, c.ptr, C.uint32_t(layer), C.uint32_t(len(seqIDs)),
+			(*C.uint32_t)(unsafe.Pointer(&seqIDs[0])), n/C.uint32_t(len(seqIDs)), k, v)
+	})
+	runtime.KeepAlive(c)
+	return err
+}
+
+// AppendBatch adds tokens to one layer of several sequences in one call: k, v
+// [len(seqIDs)][n_tokens][n_kv_heads][head_dim] (n_tokens 1: one decode step),
+// the ids distinct. As Append for each sequence in turn, but all or nothing.
+func (c *Cache) AppendBatch(layer uint32, seqIDs []uint32, k, v []float32) error {
+	if len(k) == 0 || len(v) == 0 {
+		return refuse(ErrInvalidArgument, "no tokens")
+	}
+	return c.appendBatch(layer, seqIDs, len(k), len(v), unsafe.Pointer(&k[0]), unsafe.Pointer(&v[0]), false)
+}
+
+// AppendBatchHalf is AppendBatch for F16 or BF16 io (raw bits).
+func (c *Cache) AppendBatchHalf(layer uint32, seqIDs []uint32, k, v []uint16) error {
+	if len(k) == 0 || len(v) == 0 {
+		return refuse(ErrInvalidArgument, "no tokens")
+	}
+	return c.appendBatch(layer, seqIDs, len(k), len(v), unsafe.Pointer(&k[0]), unsafe.Pointer(&v[0]), true)
+}
+
 func (c *Cache) outputs(n C.uint32_t, nOut int, lse []float32) (*C.float, error) {
 	if nOut != int(n)*c.qRow {
 		return nil, refuse(ErrShapeMismatch, "out has %d elements, needs %d", nOut, int(n)*c.qRow)

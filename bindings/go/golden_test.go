@@ -227,6 +227,13 @@ func TestGolden(t *testing.T) {
 	if length, _ := cache.SeqLength(seq); length != uint64(nTokens) {
 		t.Fatalf("a failed append changed the length to %d", length)
 	}
+	// A batch that names the sequence twice is refused whole.
+	two := int(2 * kvHeads * headDim)
+	expectError(t, lib, cache.AppendBatch(layer, []uint32{seq, seq}, keys[:two], values[:two]), ErrInvalidArgument,
+		"both name sequence")
+	if length, _ := cache.SeqLength(seq); length != uint64(nTokens) {
+		t.Fatalf("a refused batch changed the length to %d", length)
+	}
 	missing := filepath.Join(t.TempDir(), "no-such-codebook.safetensors")
 	_, err = lib.LoadCodebook(missing)
 	expectError(t, lib, err, ErrIO, missing)

@@ -44,7 +44,7 @@ extern "C" {
 
 /* ---- version ----------------------------------------------------------- */
 #define COMMVQ_VERSION_MAJOR 0
-#define COMMVQ_VERSION_MINOR 2
+#define COMMVQ_VERSION_MINOR 3
 #define COMMVQ_VERSION_PATCH 0
 #define COMMVQ_VERSION_NUMBER \
     (COMMVQ_VERSION_MAJOR * 10000 + COMMVQ_VERSION_MINOR * 100 + COMMVQ_VERSION_PATCH)
@@ -221,6 +221,17 @@ COMMVQ_API void commvq_cache_destroy(commvq_cache_t* cache); /* NULL is fine */
 COMMVQ_API commvq_status_t commvq_cache_append(commvq_cache_t* cache, uint32_t layer,
                                               uint32_t seq, uint32_t n_tokens,
                                               const void* k, const void* v);
+
+/* Appends n_tokens new tokens to each of n_seqs sequences of one layer in one
+ * call (a decode step of a batch: n_tokens = 1). k and v are
+ * [n_seqs][n_tokens][n_kv_heads][head_dim] in io_dtype; row s belongs to
+ * seq_ids[s], and the ids are distinct. The result is that of
+ * commvq_cache_append for each row in turn, but all or nothing: every row is
+ * checked (ids, layers in step, blocks for all rows together, the input
+ * rule) before any changes. Since 0.3.0. */
+COMMVQ_API commvq_status_t commvq_cache_append_batch(commvq_cache_t* cache, uint32_t layer,
+                                                    uint32_t n_seqs, const uint32_t* seq_ids,
+                                                    uint32_t n_tokens, const void* k, const void* v);
 
 /* Attention of n_queries post-RoPE queries [n_queries][n_q_heads][head_dim]
  * of sequence seq over the layer's tokens. Query i sits at position

@@ -84,6 +84,19 @@ COMMVQ_API commvq_status_t commvq_cache_append(commvq_cache_t* cache, uint32_t l
     });
 }
 
+COMMVQ_API commvq_status_t commvq_cache_append_batch(commvq_cache_t* cache, uint32_t layer, uint32_t n_seqs,
+                                                    const uint32_t* seq_ids, uint32_t n_tokens, const void* k,
+                                                    const void* v) {
+    return guard([&] {
+        const char* fn = "commvq_cache_append_batch";
+        require_arg(cache, fn, "cache");
+        require_arg(seq_ids, fn, "seq_ids");
+        require_arg(k, fn, "k");
+        require_arg(v, fn, "v");
+        cache->cache.append_batch(layer, n_seqs, seq_ids, n_tokens, k, v);
+    });
+}
+
 COMMVQ_API commvq_status_t commvq_cache_attend(commvq_cache_t* cache, uint32_t layer, uint32_t seq,
                                               uint32_t n_queries, const void* q, void* out,
                                               float* lse, uint32_t flags) {

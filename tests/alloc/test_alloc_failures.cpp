@@ -6,7 +6,8 @@
 // cache_test_util.h), its bookkeeping passes Cache::check_integrity(), no
 // file is left behind, and under the sanitizers nothing leaks. The process
 // never ends in std::terminate (a thread pool or a JSON destructor did).
-// The success paths of append, attend and attend_batch allocate nothing.
+// The success paths of append, append_batch, attend and attend_batch
+// allocate nothing.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -145,6 +146,27 @@ TEST_CASE("out of memory: append (with copy-on-write), fork, truncate and clear 
     sweep("commvq_cache_seq_fork", [&] { return commvq_cache_seq_fork(t.c, 0, 2); }, t.unchanged());
     sweep("commvq_cache_seq_truncate", [&] { return commvq_cache_seq_truncate(t.c, 1, 30); }, t.unchanged());
     sweep("commvq_cache_seq_clear", [&] { return commvq_cache_seq_clear(t.c, 2); }, t.unchanged());
+    CHECK_NOTHROW(t.c->cache.check_integrity());
+}
+
+TEST_CASE("out of memory: append_batch (two rows writing into one shared block) allocates nothing") {
+    Populated t;
+    const Codebook& cb = t.c->cache.codebook();
+    Rng rng(7);
+    const std::vector<float> k = rng.normals(2 * 20 * cb.value_dim()), v = rng.normals(2 * 20 * cb.value_dim());
+    // Sequences 0 and 1 share their three blocks (35 compressed tokens);
+    // both rows compress into the third: the first row copies it, the
+    // second then has it alone; each takes a new block after it.
+    const uint32_t ids[2] = {1, 0};
+    const uint32_t used = t.c->cache.block_pool().used_count();
+    for (uint32_t layer = 0; layer < cb.n_layers; ++layer) {
+        CAPTURE(layer);
+        const uint64_t n = sweep(
+            "commvq_cache_append_batch",
+            [&] { return commvq_cache_append_batch(t.c, layer, 2, ids, 20, k.data(), v.data()); }, t.unchanged());
+        CHECK(n == 0);
+    }
+    CHECK(t.c->cache.block_pool().used_count() == used + 3);
     CHECK_NOTHROW(t.c->cache.check_integrity());
 }
 

@@ -339,6 +339,23 @@ static void test_cache(const commvq_codebook_t* cb, double theta) {
     EXPECT_OK(commvq_cache_seq_length(cache, 0, &length));
     EXPECT(length == 121);
 
+    /* Batched append: sequence 2 gains a token in layer 0, then layer 1 of
+     * sequences 2 and 0 catches up in one call; each id at most once. */
+    {
+        const uint32_t rows[2] = {2, 0}, twice[2] = {2, 2};
+        EXPECT_OK(commvq_cache_append_batch(cache, 0, 1, rows, 1, keys[0] + 120 * D, values[0] + 120 * D));
+        EXPECT_OK(commvq_cache_append_batch(cache, 1, 2, rows, 1, keys[1] + 120 * D, values[1] + 120 * D));
+        EXPECT_STATUS(commvq_cache_append_batch(cache, 0, 2, twice, 1, keys[0], values[0]), COMMVQ_ERR_INVALID_ARGUMENT);
+        EXPECT_STATUS(commvq_cache_append_batch(cache, 0, 2, NULL, 1, keys[0], values[0]), COMMVQ_ERR_INVALID_ARGUMENT);
+        EXPECT_OK(commvq_cache_seq_length(cache, 0, &length));
+        EXPECT(length == 121);
+        EXPECT_OK(commvq_cache_seq_length(cache, 2, &length));
+        EXPECT(length == 121);
+        poison(out, 2 * HQ * D);
+        EXPECT_OK(commvq_cache_attend_batch(cache, 1, 2, rows, q, out, NULL, COMMVQ_ATTEND_CAUSAL));
+        EXPECT(all_finite(out, 2 * HQ * D));
+    }
+
     /* A CPU cache: no stream, nothing to wait for. */
     EXPECT_STATUS(commvq_cache_set_stream(cache, NULL), COMMVQ_ERR_NOT_SUPPORTED);
     EXPECT_OK(commvq_cache_synchronize(cache));

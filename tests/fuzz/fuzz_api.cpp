@@ -59,7 +59,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Bytes in{data, size};
     commvq::test::Rng rng(size);
     for (uint32_t op = 0; op < kMaxOps && in.at < in.size; ++op) {
-        const uint32_t kind = in.next() % 6, a = in.next(), b = in.next();
+        const uint32_t kind = in.next() % 7, a = in.next(), b = in.next();
         const uint32_t layer = a & 1, seq = (a >> 1) % kSeqs, other = (a >> 3) % kSeqs;
         switch (kind) {
         case 0: {  // append
@@ -106,6 +106,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             expect(commvq_cache_seq_clear(c, seq) == COMMVQ_OK);
             m.len[seq][0] = m.len[seq][1] = 0;
             break;
+        case 6: {  // append_batch to two sequences: all or nothing
+            const uint32_t n = b % kMaxAppend + 1;
+            const uint32_t ids[2] = {seq, other};
+            const std::vector<float> k = rng.normals(2 * n * D), v = rng.normals(2 * n * D);
+            auto row_ok = [&](uint32_t s) {
+                return m.len[s][layer] + n <= m.frontier(s) || (m.len[s][layer] == m.frontier(s) && m.in_step(s));
+            };
+            const commvq_status_t want = seq == other                  ? COMMVQ_ERR_INVALID_ARGUMENT
+                                         : !row_ok(seq) || !row_ok(other) ? COMMVQ_ERR_INVALID_STATE
+                                                                          : COMMVQ_OK;
+            expect(commvq_cache_append_batch(c, layer, 2, ids, n, k.data(), v.data()) == want);
+            if (want == COMMVQ_OK) {
+                m.len[seq][layer] += n;
+                m.len[other][layer] += n;
+            }
+            break;
+        }
         case 5: {  // fork
             const commvq_status_t want = seq == other             ? COMMVQ_ERR_INVALID_ARGUMENT
                                          : m.frontier(other) != 0 ? COMMVQ_ERR_INVALID_STATE

@@ -62,6 +62,9 @@ int main(int argc, char** argv) {
     // Layers out of step: an append past the frontier and a fork refused,
     // then caught up and forked.
     write(dir + "/api/out_of_step.bin", {0, 4, 9, 0, 4, 0, 5, 28, 0, 0, 5, 9, 5, 28, 0, 1, 29, 0x83});
+    // Batched appends: both layers of two sequences, then a batch naming
+    // one sequence twice and one whose rows would lead out of step.
+    write(dir + "/api/batch.bin", {0, 0, 5, 0, 1, 5, 6, 2, 2, 6, 3, 2, 6, 20, 0, 6, 8, 0, 6, 8, 0, 2, 8, 0});
     commvq::test::Rng rng(3);
     std::vector<uint8_t> random(144);
     for (auto& b : random) b = uint8_t(rng.next());

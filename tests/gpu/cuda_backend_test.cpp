@@ -1,6 +1,7 @@
 // The CUDA back end against the CPU path: codes on random and real data,
 // attention against a float64 reference over the decoded codes, batches,
-// prefill, fork, truncate, capacity, bad input and CUDA graph capture.
+// prefill, fork, truncate, capacity, bad input and CUDA graph capture;
+// batched appends against appends in turn, and in a captured graph.
 //
 // Tolerances (relative L2 error of a whole output against float64):
 //   f32 io: 2e-3  (the attention key table is fp16: 2^-11 relative per entry)
@@ -491,4 +492,206 @@ TEST_CASE("gpu: device-pointer inputs and outputs give the same results as host 
     CVQ_OK(commvq_cache_synchronize(b.h));
     const std::vector<uint8_t> hb = dout.to_host(Q * 2);
     CHECK(std::memcmp(ha.data(), hb.data(), Q * 2) == 0);
+}
+
+namespace {
+
+// What two GPU caches hold for one sequence, compared: layer states and
+// windows exactly, codes as check_codes allows (the value encoder's cuBLAS
+// products may round differently for another token count per launch).
+void check_same_sequence(Cache& a, Cache& b, uint32_t seq, CodeDiff& codes) {
+    const Codebook& cb = a.codebook();
+    const size_t half = size_t(cb.value_dim()) * dtype_size(a.params().io_dtype);
+    for (uint32_t l = 0; l < cb.n_layers; ++l) {
+        CAPTURE(l);
+        const LayerView va = a.sequence(seq).view(seq, l, a.params().sink_tokens);
+        const LayerView vb = b.sequence(seq).view(seq, l, b.params().sink_tokens);
+        REQUIRE(va.length == vb.length);
+        REQUIRE(va.compressed == vb.compressed);
+        std::vector<uint8_t> ka((va.sinks + va.window) * half), kb(ka.size()), xa(ka.size()), xb(ka.size());
+        a.backend().read_uncompressed(l, va, 0, va.sinks, ka.data(), xa.data());
+        a.backend().read_uncompressed(l, va, va.first_window_position(), va.window, ka.data() + va.sinks * half,
+                                      xa.data() + va.sinks * half);
+        b.backend().read_uncompressed(l, vb, 0, vb.sinks, kb.data(), xb.data());
+        b.backend().read_uncompressed(l, vb, vb.first_window_position(), vb.window, kb.data() + vb.sinks * half,
+                                      xb.data() + vb.sinks * half);
+        CHECK(ka == kb);
+        CHECK(xa == xb);
+        const CodeDiff d = compare_codes(a, b, l, seq);
+        codes.token_heads += d.token_heads;
+        codes.token_heads_differ += d.token_heads_differ;
+        codes.bits += d.bits;
+        codes.bits_differ += d.bits_differ;
+        codes.max_scale_err = std::max(codes.max_scale_err, d.max_scale_err);
+        codes.max_weight_err = std::max(codes.max_weight_err, d.max_weight_err);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("gpu: append_batch equals appends in turn (device, host and mixed rows; sinks; window 0; 1 and 5 tokens)") {
+    REQUIRE_MESSAGE(have_gpu(), "gpu tests need a CUDA device");
+    struct Config {
+        uint32_t window, sinks;
+        int32_t dtype, keys;
+        uint32_t n_tokens;
+        bool k_device, v_device;
+    };
+    const Config configs[] = {
+        {16, 0, COMMVQ_DTYPE_BF16, COMMVQ_KEYS_POST_ROPE, 1, true, true},
+        {16, 2, COMMVQ_DTYPE_F32, COMMVQ_KEYS_PRE_ROPE, 5, true, true},
+        {0, 3, COMMVQ_DTYPE_F16, COMMVQ_KEYS_POST_ROPE, 1, true, true},
+        {16, 0, COMMVQ_DTYPE_F32, COMMVQ_KEYS_PRE_ROPE, 1, false, false},  // staged through the device buffers
+        {8, 1, COMMVQ_DTYPE_F16, COMMVQ_KEYS_PRE_ROPE, 3, true, false},    // mixed: row by row
+    };
+    uint64_t seed = 80;
+    for (const Config& c : configs) {
+        CAPTURE(c.window);
+        CAPTURE(c.sinks);
+        CAPTURE(c.dtype);
+        CAPTURE(c.n_tokens);
+        CAPTURE(c.k_device);
+        CAPTURE(c.v_device);
+        const Codebook cb = test::random_codebook(llama_like(1, ++seed));
+        CodebookHandle h(cb);
+        commvq_cache_params_t p = cache_params(0, c.window, c.sinks, c.dtype, 8192, 6);
+        p.key_convention = c.keys;
+        CacheHandle batched, single;
+        CVQ_OK(commvq_cache_create(h.h, &p, &batched.h));
+        CVQ_OK(commvq_cache_create(h.h, &p, &single.h));
+        const uint32_t E = cb.value_dim(), Q = cb.n_q_heads * cb.head_dim;
+        const size_t token_bytes = size_t(E) * dtype_size(c.dtype);
+        test::Rng rng(seed);
+        // Sequences at different stages; 5 is a fork of 2 (shared blocks).
+        const uint32_t prefix[5] = {0, 3, 40, 17, 100};
+        for (uint32_t s = 0; s < 5; ++s) {
+            if (!prefix[s]) continue;
+            Tensor k(size_t(cb.n_layers) * prefix[s] * E, c.dtype, rng, 2.0), v(size_t(cb.n_layers) * prefix[s] * E, c.dtype, rng);
+            append_both(batched.h, single.h, cb.n_layers, s, k, v, prefix[s], E, prefix[s]);
+        }
+        CVQ_OK(commvq_cache_seq_fork(batched.h, 2, 5));
+        CVQ_OK(commvq_cache_seq_fork(single.h, 2, 5));
+        const std::vector<std::vector<uint32_t>> steps = {{3, 0, 5, 2, 1, 4}, {2, 5}, {4, 1, 3, 0, 5, 2}};
+        for (uint32_t step = 0; step < 9; ++step) {
+            const std::vector<uint32_t>& ids = steps[step % steps.size()];
+            const size_t n = ids.size();
+            for (uint32_t l = 0; l < cb.n_layers; ++l) {
+                Tensor k(n * c.n_tokens * E, c.dtype, rng, 2.0), v(n * c.n_tokens * E, c.dtype, rng);
+                DeviceCopy dk(k.bytes.size(), k.data()), dv(v.bytes.size(), v.data());
+                const uint8_t* kp = c.k_device ? static_cast<const uint8_t*>(dk.ptr) : k.bytes.data();
+                const uint8_t* vp = c.v_device ? static_cast<const uint8_t*>(dv.ptr) : v.bytes.data();
+                CVQ_OK(commvq_cache_append_batch(batched.h, l, uint32_t(n), ids.data(), c.n_tokens, kp, vp));
+                const size_t row = size_t(c.n_tokens) * token_bytes;
+                for (size_t i = 0; i < n; ++i)
+                    CVQ_OK(commvq_cache_append(single.h, l, ids[i], c.n_tokens, kp + i * row, vp + i * row));
+                CVQ_OK(commvq_cache_synchronize(batched.h));  // before the device copies are freed
+                CVQ_OK(commvq_cache_synchronize(single.h));
+            }
+        }
+        CodeDiff codes;
+        for (uint32_t s = 0; s < 6; ++s) {
+            CAPTURE(s);
+            check_same_sequence(batched.cache(), single.cache(), s, codes);
+        }
+        check_codes(codes);
+        CHECK(codes.token_heads_differ == 0);  // key codes and scales come from per-token kernels
+        CHECK(codes.max_scale_err == 0);
+        // Decode attention of every sequence from both caches.
+        const uint32_t all[6] = {0, 1, 2, 3, 4, 5};
+        Tensor q(size_t(6) * Q, c.dtype, rng, 3.0);
+        std::vector<uint8_t> oa(q.bytes.size()), ob(q.bytes.size());
+        for (uint32_t l = 0; l < cb.n_layers; ++l) {
+            CVQ_OK(commvq_cache_attend_batch(batched.h, l, 6, all, q.data(), oa.data(), nullptr, 0));
+            CVQ_OK(commvq_cache_attend_batch(single.h, l, 6, all, q.data(), ob.data(), nullptr, 0));
+            std::vector<float> fa(size_t(6) * Q), fb(fa.size());
+            to_float(oa.data(), c.dtype, fa.size(), fa.data());
+            to_float(ob.data(), c.dtype, fb.size(), fb.data());
+            const std::vector<double> db(fb.begin(), fb.end());
+            const double err = rel_error(fa, db);
+            MESSAGE("layer " << l << ": batched vs single attention, relative difference " << err);
+            CHECK(err < (c.dtype == COMMVQ_DTYPE_BF16 ? 1e-2 : 2e-3));
+        }
+    }
+}
+
+TEST_CASE("gpu: append_batch of every layer is captured in one CUDA graph and replays as direct calls") {
+    REQUIRE_MESSAGE(have_gpu(), "gpu tests need a CUDA device");
+    const Codebook cb = test::random_codebook(llama_like(1, 91));
+    CodebookHandle h(cb);
+    const commvq_cache_params_t p = cache_params(0, 16, 0, COMMVQ_DTYPE_BF16, 8192, 4);
+    CacheHandle graphed, direct;
+    CVQ_OK(commvq_cache_create(h.h, &p, &graphed.h));
+    CVQ_OK(commvq_cache_create(h.h, &p, &direct.h));
+    const uint32_t E = cb.value_dim(), Q = cb.n_q_heads * cb.head_dim;
+    test::Rng rng(92);
+    // Sequence 0 compresses a token per step, 1 stays in its window, 2
+    // fills its window with this token and compresses from the next.
+    const uint32_t prefix[3] = {30, 5, 16};
+    for (uint32_t s = 0; s < 3; ++s) {
+        Tensor k(size_t(cb.n_layers) * prefix[s] * E, COMMVQ_DTYPE_BF16, rng, 2.0);
+        Tensor v(size_t(cb.n_layers) * prefix[s] * E, COMMVQ_DTYPE_BF16, rng);
+        append_both(graphed.h, direct.h, cb.n_layers, s, k, v, prefix[s], E, prefix[s]);
+    }
+    const uint32_t ids[3] = {2, 0, 1};
+    const uint32_t steps = 3;
+    Tensor k(size_t(steps) * cb.n_layers * 3 * E, COMMVQ_DTYPE_BF16, rng, 2.0);
+    Tensor v(size_t(steps) * cb.n_layers * 3 * E, COMMVQ_DTYPE_BF16, rng);
+    DeviceCopy dk(k.bytes.size(), k.data()), dv(v.bytes.size(), v.data());
+    auto rows = [&](const DeviceCopy& d, uint32_t step, uint32_t l) {
+        return static_cast<const uint8_t*>(d.ptr) + (size_t(step) * cb.n_layers + l) * 3 * E * 2;
+    };
+    cudaStream_t stream;
+    GPU_CHECK(cudaStreamCreate(&stream));
+    CVQ_OK(commvq_cache_set_stream(graphed.h, stream));
+    for (uint32_t step = 0; step < steps; ++step) {
+        CAPTURE(step);
+        // One decode step's appends, all layers, captured in one graph (the
+        // host bookkeeping runs now; the tokens land when the graph runs).
+        cudaGraph_t graph;
+        GPU_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+        commvq_status_t st = COMMVQ_OK;
+        for (uint32_t l = 0; l < cb.n_layers && st == COMMVQ_OK; ++l)
+            st = commvq_cache_append_batch(graphed.h, l, 3, ids, 1, rows(dk, step, l), rows(dv, step, l));
+        const std::string message = commvq_last_error();
+        GPU_CHECK(cudaStreamEndCapture(stream, &graph));
+        INFO(message);
+        REQUIRE(st == COMMVQ_OK);
+        cudaGraphExec_t exec;
+        GPU_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        GPU_CHECK(cudaGraphLaunch(exec, stream));
+        GPU_CHECK(cudaStreamSynchronize(stream));
+        GPU_CHECK(cudaGraphExecDestroy(exec));
+        GPU_CHECK(cudaGraphDestroy(graph));
+        for (uint32_t l = 0; l < cb.n_layers; ++l)
+            CVQ_OK(commvq_cache_append_batch(direct.h, l, 3, ids, 1, rows(dk, step, l), rows(dv, step, l)));
+        CVQ_OK(commvq_cache_synchronize(direct.h));
+    }
+    // The same launches with the same token counts: windows and key codes
+    // bit for bit, value codes too unless cuBLAS rounds differently in a
+    // graph (reported).
+    CodeDiff codes;
+    for (uint32_t s = 0; s < 3; ++s) {
+        CAPTURE(s);
+        uint64_t len = 0;
+        CVQ_OK(commvq_cache_seq_length(graphed.h, s, &len));
+        CHECK(len == prefix[s] + steps);
+        check_same_sequence(graphed.cache(), direct.cache(), s, codes);
+    }
+    check_codes(codes);
+    CHECK(codes.token_heads_differ == 0);
+    CHECK(codes.max_scale_err == 0);
+    CVQ_OK(commvq_cache_set_stream(graphed.h, nullptr));
+    Tensor q(size_t(3) * Q, COMMVQ_DTYPE_BF16, rng, 3.0);
+    std::vector<uint16_t> oa(size_t(3) * Q), ob(oa.size());
+    for (uint32_t l = 0; l < cb.n_layers; ++l) {
+        CVQ_OK(commvq_cache_attend_batch(graphed.h, l, 3, ids, q.data(), oa.data(), nullptr, 0));
+        CVQ_OK(commvq_cache_attend_batch(direct.h, l, 3, ids, q.data(), ob.data(), nullptr, 0));
+        std::vector<float> fa(oa.size()), fb(ob.size());
+        to_float(oa.data(), COMMVQ_DTYPE_BF16, fa.size(), fa.data());
+        to_float(ob.data(), COMMVQ_DTYPE_BF16, fb.size(), fb.data());
+        const std::vector<double> db(fb.begin(), fb.end());
+        MESSAGE("layer " << l << ": graph vs direct attention " << (oa == ob ? "identical" : "differ") << ", relative difference " << rel_error(fa, db));
+        CHECK(rel_error(fa, db) < 1e-2);
+    }
+    GPU_CHECK(cudaStreamDestroy(stream));
 }

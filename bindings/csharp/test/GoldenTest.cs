@@ -139,6 +139,13 @@ static class GoldenTest
             Array.Copy(values, moreValues, extra);
             ExpectError(lib, Constants.COMMVQ_ERR_CAPACITY, "", () => cache.Append(layer, seq, moreKeys, moreValues));
             Require(cache.SeqLength(seq) == (ulong)nTokens, "a failed append changes nothing");
+            int two = (int)(2 * kvHeads * headDim);
+            float[] twoKeys = new float[two], twoValues = new float[two];
+            Array.Copy(keys, twoKeys, two);
+            Array.Copy(values, twoValues, two);
+            ExpectError(lib, Constants.COMMVQ_ERR_INVALID_ARGUMENT, "both name sequence",
+                        () => cache.AppendBatch(layer, new uint[] { seq, seq }, twoKeys, twoValues));
+            Require(cache.SeqLength(seq) == (ulong)nTokens, "a refused batch changes nothing");
             string missing = Path.Combine(scratch, "no-such-codebook.safetensors");
             ExpectError(lib, Constants.COMMVQ_ERR_IO, missing, () => Codebook.Load(lib, missing).Dispose());
 

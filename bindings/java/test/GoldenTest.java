@@ -166,6 +166,12 @@ public final class GoldenTest {
       FloatBuffer moreValues = values.duplicate().limit(extra);
       expectError(Commvq.ERR_CAPACITY, "", () -> c.append(layer, seq, moreKeys, moreValues));
       check(c.seqLength(seq) == nTokens, "a failed append changes nothing");
+      int two = 2 * kvHeads * headDim;
+      FloatBuffer twoKeys = keys.duplicate().limit(two);
+      FloatBuffer twoValues = values.duplicate().limit(two);
+      expectError(Commvq.ERR_INVALID_ARGUMENT, "both name sequence",
+          () -> c.appendBatch(layer, new int[] {seq, seq}, array(twoKeys), array(twoValues)));
+      check(c.seqLength(seq) == nTokens, "a refused batch changes nothing");
       String missing = scratch.resolve("no-such-codebook.safetensors").toString();
       expectError(Commvq.ERR_IO, missing, () -> Codebook.load(missing).close());
 

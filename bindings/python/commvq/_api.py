@@ -186,6 +186,8 @@ FUNCTIONS = (
     ("commvq_cache_create", Status, (CodebookPtr, POINTER(CacheParams), POINTER(CachePtr))),
     ("commvq_cache_destroy", None, (CachePtr,)),
     ("commvq_cache_append", Status, (CachePtr, c_uint32, c_uint32, c_uint32, c_void_p, c_void_p)),
+    ("commvq_cache_append_batch", Status,
+     (CachePtr, c_uint32, c_uint32, POINTER(c_uint32), c_uint32, c_void_p, c_void_p)),
     ("commvq_cache_attend", Status,
      (CachePtr, c_uint32, c_uint32, c_uint32, c_void_p, c_void_p, POINTER(c_float), c_uint32)),
     ("commvq_cache_attend_batch", Status,

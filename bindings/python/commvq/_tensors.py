@@ -48,13 +48,8 @@ def device_name(cache_device: int) -> str:
     return "cpu" if cache_device == _api.DEVICE_CPU else f"cuda:{cache_device}"
 
 
-def check(call: str, name: str, info: TensorInfo, cache_device: int, io_dtype: int,
-          rows: Optional[int], heads: int, head_dim: int) -> int:
-    """Checks one tensor argument of `call`; returns its row count (tokens, queries or sequences).
-
-    The shape is [rows, heads, head_dim] or [rows, heads * head_dim]; rows=None
-    accepts any count (the first tensor of a call fixes it for the others).
-    """
+def _check_place(call: str, name: str, info: TensorInfo, cache_device: int, io_dtype: int) -> None:
+    """The tensor's device and dtype must be the cache's."""
     want_device = device_name(cache_device)
     if info.device != want_device:
         raise TensorError(_api.ERR_INVALID_ARGUMENT,
@@ -64,6 +59,16 @@ def check(call: str, name: str, info: TensorInfo, cache_device: int, io_dtype: i
     if info.dtype != want_dtype:
         raise TensorError(_api.ERR_INVALID_ARGUMENT,
                           f"{call}: {name} is {info.dtype}, the cache's io dtype is {want_dtype}")
+
+
+def check(call: str, name: str, info: TensorInfo, cache_device: int, io_dtype: int,
+          rows: Optional[int], heads: int, head_dim: int) -> int:
+    """Checks one tensor argument of `call`; returns its row count (tokens, queries or sequences).
+
+    The shape is [rows, heads, head_dim] or [rows, heads * head_dim]; rows=None
+    accepts any count (the first tensor of a call fixes it for the others).
+    """
+    _check_place(call, name, info, cache_device, io_dtype)
     shape = info.shape
     flat = len(shape) == 2 and shape[1] == heads * head_dim
     if not (flat or (len(shape) == 3 and shape[1:] == (heads, head_dim))) or \
@@ -76,6 +81,39 @@ def check(call: str, name: str, info: TensorInfo, cache_device: int, io_dtype: i
         raise TensorError(_api.ERR_INVALID_ARGUMENT,
                           f"{call}: {name} of shape {list(shape)} is not contiguous (call .contiguous() first)")
     return shape[0]
+
+
+def batch_tokens(shape: Tuple[int, ...], heads: int, head_dim: int) -> Optional[int]:
+    """Tokens per row of a batch of keys or values (append_batch), or None for another shape:
+    [rows, heads, head_dim] and [rows, heads * head_dim] hold one token per row,
+    [rows, tokens, heads, head_dim] and [rows, tokens, heads * head_dim] `tokens`."""
+    if len(shape) == 2 and shape[1] == heads * head_dim:
+        return 1
+    if len(shape) == 3 and shape[1:] == (heads, head_dim):
+        return 1
+    if len(shape) == 3 and shape[2] == heads * head_dim:
+        return shape[1]
+    if len(shape) == 4 and shape[2:] == (heads, head_dim):
+        return shape[1]
+    return None
+
+
+def check_batch(call: str, name: str, info: TensorInfo, cache_device: int, io_dtype: int, rows: int,
+                tokens: Optional[int], heads: int, head_dim: int) -> int:
+    """Checks a keys or values tensor of append_batch (shapes as batch_tokens says, `rows`
+    rows); returns its tokens per row. tokens=None accepts any count (k fixes it for v)."""
+    _check_place(call, name, info, cache_device, io_dtype)
+    found = batch_tokens(info.shape, heads, head_dim)
+    if found is None or info.shape[0] != rows or (tokens is not None and found != tokens):
+        n = "n_tokens" if tokens is None else str(tokens)
+        raise TensorError(_api.ERR_SHAPE_MISMATCH,
+                          f"{call}: {name} must be [{rows}, {heads}, {head_dim}] (one token per sequence) or "
+                          f"[{rows}, {n}, {heads}, {head_dim}] (or with {heads * head_dim} for the last two), "
+                          f"got {list(info.shape)}")
+    if not info.contiguous:
+        raise TensorError(_api.ERR_INVALID_ARGUMENT,
+                          f"{call}: {name} of shape {list(info.shape)} is not contiguous (call .contiguous() first)")
+    return found
 
 
 def check_output(call: str, name: str, info: TensorInfo, cache_device: int, dtype: str,

@@ -71,6 +71,35 @@ class Cache:
         n = _ranges.uint32("n_tokens", k.shape[0])
         check(self._lib.commvq_cache_append(self._live(), layer, seq, n, k.ctypes.data, v.ctypes.data))
 
+    def append_batch(self, layer: int, seq_ids: ArrayLike, k: ArrayLike, v: ArrayLike) -> None:
+        """Appends to one layer of several sequences in one call (commvq_cache_append_batch).
+
+        k, v: [len(seq_ids), n_kv_heads, head_dim], one token per sequence (a decode
+        step), or [len(seq_ids), n_tokens, n_kv_heads, head_dim]; the ids are distinct.
+        As append() for each sequence in turn, but all or nothing: a refused batch
+        changes no sequence.
+        """
+        layer = _ranges.uint32("layer", layer)
+        seq_ids = _ranges.uint32_array("seq_ids", seq_ids)  # host memory: the library reads the ids on the host
+        if seq_ids.ndim != 1:
+            raise ValueError(f"seq_ids must be 1-D, got shape {list(seq_ids.shape)}")
+        n = _ranges.uint32("n_seqs", seq_ids.shape[0])
+        ids = seq_ids.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
+        if _tensors.is_torch_tensor(k) or _tensors.is_torch_tensor(v):
+            call = "commvq_cache_append_batch"
+            n_tokens = self._batch_tensor(call, "k", k, n, None)
+            self._batch_tensor(call, "v", v, n, n_tokens)
+            self._use_torch_stream(k)
+            check(self._lib.commvq_cache_append_batch(self._live(), layer, n, ids, _ranges.uint32("n_tokens", n_tokens),
+                                                      k.data_ptr(), v.data_ptr()))
+            return
+        k, n_tokens = self._batch_tokens(k, n, "k")
+        v, v_tokens = self._batch_tokens(v, n, "v")
+        if v_tokens != n_tokens:
+            raise ValueError(f"k and v differ in tokens per sequence: {n_tokens} and {v_tokens}")
+        check(self._lib.commvq_cache_append_batch(self._live(), layer, n, ids, _ranges.uint32("n_tokens", n_tokens),
+                                                  k.ctypes.data, v.ctypes.data))
+
     def attend(self, layer: int, seq: int, q: ArrayLike, causal: bool = True, out: Optional[np.ndarray] = None,
                lse: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """Attention of post-RoPE queries q [n_queries, n_q_heads, head_dim].
@@ -195,6 +224,21 @@ class Cache:
             raise ValueError(f"{name} must be [n, {heads}, {self.head_dim}], got {list(x.shape)}")
         return x
 
+    def _batch_tokens(self, x: ArrayLike, rows: int, name: str) -> Tuple[np.ndarray, int]:
+        """An append_batch argument as a contiguous array of the io dtype, and its tokens per row."""
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        tokens = _tensors.batch_tokens(x.shape, self.n_kv_heads, self.head_dim)
+        if tokens is None or x.shape[0] != rows:
+            raise ValueError(f"{name} must be [{rows}, {self.n_kv_heads}, {self.head_dim}] (one token per sequence) "
+                             f"or [{rows}, n_tokens, {self.n_kv_heads}, {self.head_dim}], got {list(x.shape)}")
+        return x, tokens
+
+    def _batch_tensor(self, call: str, name: str, x: Any, rows: int, tokens: Optional[int]) -> int:
+        """Checks a torch tensor argument of append_batch; returns its tokens per row."""
+        _require_tensor(call, name, x)
+        return _tensors.check_batch(call, name, _tensors.describe(x), self.device, self.io_dtype, rows, tokens,
+                                    self.n_kv_heads, self.head_dim)
+
     def _outputs(self, n: int, out: Optional[np.ndarray],
                  lse: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
         out_shape, lse_shape = (n, self.n_q_heads, self.head_dim), (n, self.n_q_heads)
@@ -210,9 +254,7 @@ class Cache:
 
     def _tensor(self, call: str, name: str, x: Any, heads: int, rows: Optional[int]) -> int:
         """Checks a torch tensor argument (TensorError otherwise); returns its row count."""
-        if not _tensors.is_torch_tensor(x):
-            raise TensorError(_api.ERR_INVALID_ARGUMENT,
-                              f"{call}: {name} is a {type(x).__name__}; give torch tensors for every input or none")
+        _require_tensor(call, name, x)
         return _tensors.check(call, name, _tensors.describe(x), self.device, self.io_dtype, rows, heads,
                               self.head_dim)
 
@@ -247,3 +289,10 @@ class Cache:
     @staticmethod
     def _flags(causal: bool) -> int:
         return _api.ATTEND_CAUSAL if causal else _api.ATTEND_NON_CAUSAL
+
+
+def _require_tensor(call: str, name: str, x: Any) -> None:
+    """A call's inputs are all torch tensors or none: TensorError for an array among tensors."""
+    if not _tensors.is_torch_tensor(x):
+        raise TensorError(_api.ERR_INVALID_ARGUMENT,
+                          f"{call}: {name} is a {type(x).__name__}; give torch tensors for every input or none")

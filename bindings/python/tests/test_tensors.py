@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""torch tensors in Cache.append / attend / attend_batch, and NumPy unchanged.
+"""torch tensors in Cache.append / append_batch / attend / attend_batch, and NumPy unchanged.
 
 1. The checks themselves (commvq._tensors.check on plain descriptions): every
    refusal names the call, the argument and the sizes; no torch needed.
@@ -115,6 +115,11 @@ def compare(torch, codebook, device_index, device):
                         v, v_np = as_io(torch, tokens(rng, n, Hkv, d, np.float32), dtype, device)
                         a.append(layer, seq, k, v.reshape(n, Hkv * d))  # the flat layout is accepted too
                         b.append(layer, seq, k_np, v_np)
+                for layer in range(info["n_layers"]):  # a decode step of both sequences in one call
+                    k, k_np = as_io(torch, tokens(rng, 2, Hkv, d, np.float32), dtype, device)
+                    v, v_np = as_io(torch, tokens(rng, 2, Hkv, d, np.float32), dtype, device)
+                    a.append_batch(layer, [2, 0], k, v)
+                    b.append_batch(layer, [2, 0], k_np, v_np)
                 q, q_np = as_io(torch, tokens(rng, 5, Hq, d, np.float32), dtype, device)
                 last = info["n_layers"] - 1
                 out, lse = a.attend(last, 0, q)
@@ -133,7 +138,7 @@ def compare(torch, codebook, device_index, device):
                     assert torch.equal(t.cpu(), from_io(torch, ref, dtype)), f"{dtype}: tensor and array paths differ"
                 for t, ref in ((lse, lse_np), (lseb, lseb_np), (lse2, lse_np)):
                     assert torch.equal(t.cpu(), torch.from_numpy(ref))
-                assert a.seq_length(0) == 100 and a.seq_length(2) == 37
+                assert a.seq_length(0) == 101 and a.seq_length(2) == 38
 
                 call = "commvq_cache_append"
                 k = torch.zeros((4, Hkv, d), dtype=dtype, device=device)
@@ -144,6 +149,8 @@ def compare(torch, codebook, device_index, device):
                 refused([call, "not contiguous"], lambda: a.append(0, 1, wide, k))
                 refused([call, "v is a ndarray", "torch tensors for every input or none"],
                         lambda: a.append(0, 1, k, np.zeros((4, Hkv, d), np.float32)))
+                refused(["commvq_cache_append_batch", f"v must be [4, {Hkv}, {d}]", "got [3"],
+                        lambda: a.append_batch(0, [1, 3, 4, 5], k, k[:3]), commvq.ERR_SHAPE_MISMATCH)
                 refused([call, "is on meta", f"the cache on {_tensors.device_name(device_index)}"],
                         lambda: a.append(0, 1, torch.empty((4, Hkv, d), dtype=dtype, device="meta"), k))
                 if device != "cpu":

@@ -328,6 +328,27 @@ impl Cache {
         })
     }
 
+    /// Appends to one layer of several sequences in one call: k and v are
+    /// [seq_ids.len()][n_tokens][n_kv_heads][head_dim] (n_tokens = 1: one decode
+    /// step), the ids distinct. As `append` for each sequence in turn, but all
+    /// or nothing.
+    pub fn append_batch<T: IoElement>(&mut self, layer: u32, seq_ids: &[u32], k: &[T], v: &[T]) -> Result<()> {
+        let rows = self.rows(k, self.kv_row, "k")?;
+        if v.len() != k.len() {
+            return Err(Error::InvalidArgument(format!("k has {} elements, v {}", k.len(), v.len())));
+        }
+        let n = u32::try_from(seq_ids.len())
+            .map_err(|_| Error::InvalidArgument(format!("{} sequences is too many", seq_ids.len())))?;
+        if n > 0 && rows % n != 0 {
+            return Err(Error::InvalidArgument(format!("k holds {rows} tokens, not a multiple of {n} sequences")));
+        }
+        let n_tokens = if n == 0 { 0 } else { rows / n };
+        self.lib.check(unsafe {
+            (self.lib.api.commvq_cache_append_batch)(self.raw.as_ptr(), layer, n, seq_ids.as_ptr(), n_tokens,
+                                                     k.as_ptr() as *const c_void, v.as_ptr() as *const c_void)
+        })
+    }
+
     fn outputs<T>(&self, n: u32, out: &[T], lse: &Option<&mut [f32]>) -> Result<()> {
         let n = n as usize;
         if out.len() != n * self.q_row {

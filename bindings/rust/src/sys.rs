@@ -207,6 +207,8 @@ declare_api! {
     fn commvq_cache_destroy(cache: *mut commvq_cache_t);
     fn commvq_cache_append(cache: *mut commvq_cache_t, layer: u32, seq: u32, n_tokens: u32,
                            k: *const c_void, v: *const c_void) -> commvq_status_t;
+    fn commvq_cache_append_batch(cache: *mut commvq_cache_t, layer: u32, n_seqs: u32, seq_ids: *const u32,
+                                 n_tokens: u32, k: *const c_void, v: *const c_void) -> commvq_status_t;
     fn commvq_cache_attend(cache: *mut commvq_cache_t, layer: u32, seq: u32, n_queries: u32,
                            q: *const c_void, out: *mut c_void, lse: *mut f32,
                            flags: u32) -> commvq_status_t;

@@ -122,6 +122,11 @@ fn main() -> ExitCode {
     let extra = g.int("overflow_tokens") as usize * (kv_heads * head_dim) as usize;
     expect_error(cache.append(layer, seq, &keys[..extra], &values[..extra]), COMMVQ_ERR_CAPACITY, "", &lib);
     assert_eq!(cache.seq_length(seq).unwrap(), n_tokens as u64, "a failed append changed the sequence");
+    // A batch that names the sequence twice is refused whole.
+    let two = 2 * (kv_heads * head_dim) as usize;
+    expect_error(cache.append_batch(layer, &[seq, seq], &keys[..two], &values[..two]), COMMVQ_ERR_INVALID_ARGUMENT,
+                 "both name sequence", &lib);
+    assert_eq!(cache.seq_length(seq).unwrap(), n_tokens as u64, "a refused batch changed the sequence");
     let missing = scratch.join("no-such-codebook.safetensors");
     expect_error(Codebook::load(&lib, &missing), COMMVQ_ERR_IO, &missing.display().to_string(), &lib);
 

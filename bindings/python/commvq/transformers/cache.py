@@ -12,11 +12,14 @@ does the library's work:
 
 * a layer's first forward (the prompt): dense SDPA over the prompt's own
   keys and values, at full precision, then the prompt's tokens are appended
-  (the library encodes those that leave the window); with prefill="codes"
-  the tokens are appended first and the prompt attends from the cache
-  instead (what tools/quality.py measures);
-* one new token per row (decode): each row's token is appended and one
-  commvq_cache_attend_batch call attends from codes for the whole batch;
+  (the library encodes those that leave the window): one
+  commvq_cache_append_batch call when no row is padded, row by row
+  otherwise; with prefill="codes" the tokens are appended first and the
+  prompt attends from the cache instead (what tools/quality.py measures);
+* one new token per row (decode): one commvq_cache_append_batch call
+  appends every row's token and one commvq_cache_attend_batch call attends
+  from codes for the whole batch: two library calls per layer and step,
+  whatever the batch;
 * several new tokens on a filled layer (a later prompt chunk): appended,
   then attend causally from the cache, row by row.
 
@@ -41,6 +44,7 @@ CUDA-graph support (is_compileable is False).
 import threading
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -143,6 +147,7 @@ class CommvqCache(Cache):
         self.max_batch_size_, self.max_length, self.prefill = max_batch_size, max_length, prefill
         self.engine: Optional[Engine] = None
         self.rows: List[int] = []  # library sequence of each batch row
+        self._row_ids: Tuple[Optional[List[int]], Optional[np.ndarray]] = (None, None)  # rows as uint32, cached
         self._free: List[int] = []  # library sequences not in use
         self._pending: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> what update() returned
 
@@ -251,17 +256,29 @@ class CommvqCache(Cache):
 
     def _decode(self, engine: Engine, layer: int, query: torch.Tensor, key: torch.Tensor,
                 value: torch.Tensor) -> torch.Tensor:
-        """One token per row: appended row by row, one attend_batch for all rows."""
+        """One token per row: one append_batch and one attend_batch for all rows."""
         k = key[:, :, 0].contiguous()  # [B, Hkv, d]; a no-op for LlamaAttention's layout
         v = value[:, :, 0].contiguous()
-        for b, seq in enumerate(self.rows):
-            engine.append(layer, seq, k[b:b + 1], v[b:b + 1])
-        out, _ = engine.attend_batch(layer, self.rows, query[:, :, 0].contiguous())
+        rows = self._rows_array()
+        engine.append_batch(layer, rows, k, v)
+        out, _ = engine.attend_batch(layer, rows, query[:, :, 0].contiguous())
         return out.unsqueeze(1)
+
+    def _rows_array(self) -> np.ndarray:
+        """self.rows as a uint32 array, made again only when the rows change (they are replaced, never edited)."""
+        rows, array = self._row_ids
+        if rows is not self.rows:
+            array = np.asarray(self.rows, dtype=np.uint32)
+            self._row_ids = (self.rows, array)
+        return array
 
     def _append_rows(self, engine: Engine, layer: int, key: torch.Tensor, value: torch.Tensor,
                      real: List[int]) -> None:
         T = key.shape[2]
+        if all(n == T for n in real):  # no padding: every row in one call, [B, T, Hkv, d]
+            engine.append_batch(layer, self._rows_array(), key.transpose(1, 2).contiguous(),
+                                value.transpose(1, 2).contiguous())
+            return
         for b, (seq, n) in enumerate(zip(self.rows, real)):
             if n:
                 engine.append(layer, seq, key[b, :, T - n:].transpose(0, 1).contiguous(),

@@ -42,4 +42,10 @@ final class Buffers {
     buffer.put(values).flip();
     return buffer;
   }
+
+  static IntBuffer copy(int[] values) {
+    IntBuffer buffer = ByteBuffer.allocateDirect(4 * values.length).order(ByteOrder.nativeOrder()).asIntBuffer();
+    buffer.put(values).flip();
+    return buffer;
+  }
 }

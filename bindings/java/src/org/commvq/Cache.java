@@ -86,6 +86,42 @@ public final class Cache implements AutoCloseable {
     append(layer, seq, Buffers.copy(k), Buffers.copy(v));
   }
 
+  private static long batchTokens(long elements, int row, int nSeqs, String name) {
+    long tokens = rows(elements, row, name);
+    if (nSeqs == 0 || tokens % nSeqs != 0) {
+      throw new IllegalArgumentException(name + " holds " + tokens + " tokens, not a positive multiple of " + nSeqs
+          + " sequences");
+    }
+    return tokens / nSeqs;
+  }
+
+  /**
+   * Appends to one layer of several sequences in one call: k, v
+   * [seqIds.remaining()][n][nKvHeads][headDim] (F32; n = 1: one decode step),
+   * the ids distinct. As append() for each sequence in turn, but all or nothing.
+   */
+  public void appendBatch(int layer, IntBuffer seqIds, FloatBuffer k, FloatBuffer v) {
+    requireFloat();
+    int nSeqs = seqIds.remaining();
+    long n = batchTokens(k.remaining(), kvRow, nSeqs, "k");
+    expect(v.remaining(), k.remaining(), "v");
+    handle.run(h -> CommvqNative.cache_append_batch(h, unsigned(layer), nSeqs, Buffers.direct(seqIds, "seqIds"), n,
+        Buffers.direct(k, "k"), Buffers.direct(v, "v")));
+  }
+
+  /** appendBatch() of raw bytes in the cache's io dtype. */
+  public void appendBatch(int layer, IntBuffer seqIds, ByteBuffer k, ByteBuffer v) {
+    int nSeqs = seqIds.remaining();
+    long n = batchTokens(k.remaining(), kvRow * elementBytes, nSeqs, "k (bytes)");
+    expect(v.remaining(), k.remaining(), "v (bytes)");
+    handle.run(h -> CommvqNative.cache_append_batch(h, unsigned(layer), nSeqs, Buffers.direct(seqIds, "seqIds"), n,
+        Buffers.direct(k, "k"), Buffers.direct(v, "v")));
+  }
+
+  public void appendBatch(int layer, int[] seqIds, float[] k, float[] v) {
+    appendBatch(layer, Buffers.copy(seqIds), Buffers.copy(k), Buffers.copy(v));
+  }
+
   // ---- attend --------------------------------------------------------------
 
   /**
