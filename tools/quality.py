@@ -220,12 +220,25 @@ def domain_chunks(domain, quick):
     return chunks, files
 
 
-def describe_texts(domains, chunks, files, quick):
+def describe_texts(domains, chunks, files, quick, shard=None):
     """What the results file records of the text (and checks on every run)."""
-    return {"quick": quick, "chunk": CHUNK, "domains": {
+    texts = {"quick": quick, "chunk": CHUNK, "domains": {
         d.label: {"kind": d.kind, "chunks_per_file": d.chunks_per_file, "files": files[d.label],
                   "chunks": len(chunks[d.label]), "scored_bytes": sum(len(t) - f for _, t, f in chunks[d.label])}
         for d in domains}}
+    if shard:
+        texts["shard"] = "%d/%d" % shard
+    return texts
+
+
+def parse_shard(spec):
+    """'I/N' -> (I, N) with 0 <= I < N; None -> None."""
+    if spec is None:
+        return None
+    i, sep, n = spec.partition("/")
+    if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
+        raise ValueError(f"--shard {spec}: want I/N with 0 <= I < N, e.g. 0/4")
+    return int(i), int(n)
 
 
 def texts_key(texts):
@@ -234,7 +247,7 @@ def texts_key(texts):
     the files' paths. Results files from before domains compare whole."""
     if "domains" not in texts:
         return texts
-    return {"quick": texts["quick"], "chunk": texts["chunk"],
+    return {"quick": texts["quick"], "chunk": texts["chunk"], "shard": texts.get("shard"),
             "domains": {l: {"kind": d["kind"], "chunks_per_file": d["chunks_per_file"],
                             "sha256": [f["sha256"] for f in d["files"]]} for l, d in texts["domains"].items()}}
 
@@ -452,19 +465,27 @@ def bits_per_element(setting, codebook_info, head_dim):
 def plan(args):
     """(domains, chunks per label, texts description) of a run; ValueError on a bad text option."""
     domains = make_domains(args, args.eval_dir)
+    shard = parse_shard(getattr(args, "shard", None))
     chunks, files = {}, {}
     for d in domains:
         chunks[d.label], files[d.label] = domain_chunks(d, args.quick)
         if not chunks[d.label]:
             raise ValueError(f"domain {d.label}: no text to score" +
                              (f" (a repeat text needs {REPEAT_PIECE} bytes)" if d.kind == "repeat" else ""))
-    return domains, chunks, describe_texts(domains, chunks, files, args.quick)
+        if shard:
+            chunks[d.label] = chunks[d.label][shard[0]::shard[1]]
+    if shard:  # a domain with fewer chunks than shards is absent from some shards
+        domains = [d for d in domains if chunks[d.label]]
+        if not domains:
+            raise ValueError(f"--shard {args.shard}: no chunk of any domain falls in this shard")
+    return domains, chunks, describe_texts(domains, chunks, files, args.quick, shard)
 
 
 def print_plan(texts):
     for label, d in texts["domains"].items():
         cut = "all chunks" if not d["chunks_per_file"] else f"{d['chunks_per_file']} chunk(s) per file"
-        print(f"{label}: {d['kind']}, {len(d['files'])} files, {cut}, {d['chunks']} chunks, "
+        print(f"{label}: {d['kind']}, {len(d['files'])} files, {cut}, {d['chunks']} chunks"
+              + (f" (shard {texts['shard']})" if texts.get("shard") else "") + ", "
               f"{d['scored_bytes']} bytes scored")
         for f in d["files"]:
             print(f"  {f['sha256'][:16]}  {f['bytes']:8d}  {f['path']}")
@@ -520,7 +541,7 @@ def run(args):
         for d in domains:
             chunks = texts_chunks[d.label]
             # The exact setting measures each quantizer's key and value MSE on a chunks domain's exact tensors.
-            if setting["kind"] == "exact" and d.kind == "chunks":
+            if setting["kind"] == "exact" and d.kind == "chunks" and args.mse_chunks > 0:
                 mse[d.label] = MseMeter(model.n_layers, lib, codebooks)
             attention.mse = mse.get(d.label)
             attention.domain_errors = ErrorMeter(model.n_layers)
@@ -725,6 +746,11 @@ def parser():
     ap.add_argument("--chunks-per-file", action="append", default=[], metavar="LABEL=N",
                     help=f"score at most N chunks of each file of a domain, evenly spread (0: all; the "
                          f"standard stdlib domain: {STDLIB_CHUNKS_PER_FILE})")
+    ap.add_argument("--shard", default=None, metavar="I/N",
+                    help="score only chunks I, I+N, I+2N, ... of each domain (after --quick and "
+                         "--chunks-per-file): N processes with --shard 0/N .. N-1/N and their own --results files "
+                         "split a run over cores; bits per byte add up as bits (bpb x bytes) over the shards "
+                         "(tools/calibrate_grid.py)")
     ap.add_argument("--list-texts", action="store_true",
                     help="print the domains, files (sha256) and chunks a run would score, run nothing")
     ap.add_argument("--settings", default=None, help="comma-separated settings (default: all; --quick: a few)")

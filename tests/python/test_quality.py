@@ -111,6 +111,24 @@ def main(scratch):
     assert "odd: chunks, 1 files" in listing(["--text", f"odd:{odd}"])
     print("run plans listed; bad text options refused")
 
+    # Shards: --shard I/N keeps chunks I, I+N, ... of each domain; the shards
+    # together are the whole run, a domain with no chunk in a shard is left out
+    # of it, and a results file records the shard.
+    whole = {d.label: chunks[d.label] for d in domains}
+    union = {label: [] for label in whole}
+    for i in range(3):
+        d_i, c_i, t_i = quality.plan(quality.parse_args(argv + ["--shard", f"{i}/3"]))
+        assert t_i["shard"] == f"{i}/3" and quality.texts_key(t_i) != quality.texts_key(texts)
+        assert [d.label for d in d_i] == [l for l in whole if whole[l][i::3]]
+        for d in d_i:
+            assert c_i[d.label] == whole[d.label][i::3]
+            union[d.label] += c_i[d.label]
+    assert all(sorted(union[l]) == sorted(whole[l]) for l in whole)
+    assert "(shard 2/3)" in listing(argv + ["--shard", "2/3"])
+    for bad in ("3/3", "1", "a/2", "2/1", "0/0"):
+        expect_exit(argv + ["--shard", bad, "--list-texts"], "--shard")
+    print("shards split the run")
+
     # The results file's check: the same bytes elsewhere agree; other bytes of the
     # same size do not; results files from before domains never agree.
     results = os.path.join(scratch, "results.json")
