@@ -1,6 +1,6 @@
-// Small kernels that move a cache's data: block-table, sequence-state and
-// batch-row updates (values travel as kernel arguments, so a captured graph
-// needs no host memory), storing encoded tokens into their blocks, and copying new
+// Small kernels that move a cache's data: block-table and sequence-state
+// updates (values travel as kernel arguments, so a captured graph needs no
+// host memory), storing encoded tokens into their blocks, and copying new
 // uncompressed tokens into their sink or window slots.
 #include <algorithm>
 
@@ -22,33 +22,12 @@ __global__ void set_table_entries_kernel(int32_t* row, uint32_t first, uint32_t 
 
 __global__ void set_state_kernel(SeqState* state, SeqState value) { *state = value; }
 
-struct BatchRows {
-    BatchRow rows[kMaxBatchRowsPerLaunch];
-    SeqState states[kMaxBatchRowsPerLaunch];
-};
-
-__global__ void set_batch_rows_kernel(BatchRow* rows_dev, SeqState* layer_states, uint32_t first, uint32_t n,
-                                      const __grid_constant__ BatchRows r) {
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
-        rows_dev[first + i] = r.rows[i];
-        layer_states[r.rows[i].seq] = r.states[i];
-    }
-}
-
 // One block per token: key codes packed LSB first (code_packing.h), scales,
-// value code bits, weight. Token blockIdx.x of the launch, as src names it,
-// goes to compressed index position - S of its sequence.
+// value code bits, weight.
 __global__ void store_compressed_kernel(const __grid_constant__ ModelShape m, const __grid_constant__ PoolView pool,
-                                        const __grid_constant__ EncodeSource src, const uint16_t* codes,
-                                        const float* scales, const uint8_t* bits, const float* weights) {
-    __shared__ uint32_t seq;
-    __shared__ uint64_t index;
-    if (threadIdx.x == 0) {
-        const SourceToken t = source_token(src, blockIdx.x);
-        seq = t.seq;
-        index = t.position - src.slots.sinks;
-    }
-    __syncthreads();
+                                        uint32_t seq, uint64_t first, const uint16_t* codes, const float* scales,
+                                        const uint8_t* bits, const float* weights) {
+    const uint64_t index = first + blockIdx.x;
     uint8_t* block = const_cast<uint8_t*>(block_address(pool, seq, index));
     const uint32_t slot = uint32_t(index % pool.block_tokens);
     const uint32_t n_codes = m.n_kv_heads * m.key_stages;
@@ -70,36 +49,20 @@ __global__ void store_compressed_kernel(const __grid_constant__ ModelShape m, co
     if (threadIdx.x == 0) reinterpret_cast<float*>(block + pool.value_weights_offset)[slot] = weights[blockIdx.x];
 }
 
-// Copies input row `row` of k and v (4-byte words: half_bytes is a multiple
-// of 4) into the uncompressed slot of a position, by the block's threads.
-__device__ void store_token(const UncompressedView& u, uint32_t seq, uint64_t position, size_t row, const void* k,
-                            const void* v) {
-    uint32_t* slot = reinterpret_cast<uint32_t*>(const_cast<uint8_t*>(slot_address(u, seq, position)));
-    const uint32_t words = u.half_bytes / 4;
-    const uint32_t* ks = reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(k) + row * u.half_bytes);
-    const uint32_t* vs = reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(v) + row * u.half_bytes);
-    for (uint32_t i = threadIdx.x; i < words; i += blockDim.x) {
-        slot[i] = ks[i];
-        slot[words + i] = vs[i];
-    }
-}
-
-// One block per new token.
+// One block per new token; 4-byte words (half_bytes is a multiple of 4).
 __global__ void store_uncompressed_kernel(const __grid_constant__ UncompressedView u, uint32_t seq,
                                           uint64_t first_position, uint64_t sinks, uint64_t first_window,
                                           const void* k, const void* v) {
     const uint64_t position = first_position + blockIdx.x;
     if (position >= sinks && position < first_window) return;  // compressed already
-    store_token(u, seq, position, blockIdx.x, k, v);
-}
-
-// One block per new token of a batched append: row blockIdx.x / n_tokens.
-__global__ void store_uncompressed_batch_kernel(const __grid_constant__ UncompressedView u, const BatchRow* rows,
-                                                uint32_t n_tokens, const void* k, const void* v) {
-    const BatchRow& row = rows[blockIdx.x / n_tokens];
-    const uint64_t position = row.length + blockIdx.x % n_tokens;
-    if (position >= u.sinks && position < row.first_window) return;  // compressed already
-    store_token(u, row.seq, position, blockIdx.x, k, v);
+    uint32_t* slot = reinterpret_cast<uint32_t*>(const_cast<uint8_t*>(slot_address(u, seq, position)));
+    const uint32_t words = u.half_bytes / 4;
+    const uint32_t* ks = reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(k) + size_t(blockIdx.x) * u.half_bytes);
+    const uint32_t* vs = reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(v) + size_t(blockIdx.x) * u.half_bytes);
+    for (uint32_t i = threadIdx.x; i < words; i += blockDim.x) {
+        slot[i] = ks[i];
+        slot[words + i] = vs[i];
+    }
 }
 
 __global__ void float_to_half_kernel(const float* in, size_t n, __half* out) {
@@ -127,35 +90,11 @@ int launch_set_state(SeqState* state, SeqState value, void* stream) {
     return int(cudaGetLastError());
 }
 
-int launch_set_batch_rows(BatchRow* rows_dev, SeqState* layer_states, uint32_t first, uint32_t n,
-                          const BatchRow* rows, const SeqState* states, void* stream) {
-    for (uint32_t done = 0; done < n;) {
-        const uint32_t m = std::min(n - done, kMaxBatchRowsPerLaunch);
-        BatchRows r;
-        std::copy(rows + done, rows + done + m, r.rows);
-        std::copy(states + done, states + done + m, r.states);
-        set_batch_rows_kernel<<<1, 64, 0, cudaStream_t(stream)>>>(rows_dev, layer_states, first + done, m, r);
-        const cudaError_t err = cudaGetLastError();
-        if (err != cudaSuccess) return int(err);
-        done += m;
-    }
-    return 0;
-}
-
-int launch_store_compressed(const ModelShape& m, const PoolView& pool, const EncodeSource& src, uint32_t n,
+int launch_store_compressed(const ModelShape& m, const PoolView& pool, uint32_t seq, uint64_t first, uint32_t n,
                             const uint16_t* codes, const float* scales, const uint8_t* bits, const float* weights,
                             void* stream) {
     if (n == 0) return 0;
-    store_compressed_kernel<<<n, 128, 0, cudaStream_t(stream)>>>(m, pool, src, codes, scales, bits, weights);
-    return int(cudaGetLastError());
-}
-
-int launch_store_uncompressed_batch(const UncompressedView& slots, const BatchRow* rows, uint32_t n_rows,
-                                    uint32_t n_tokens, const void* k, const void* v, void* stream) {
-    const uint64_t n = uint64_t(n_rows) * n_tokens;
-    if (n == 0) return 0;
-    if (n > 0x7fffffffu) return int(cudaErrorInvalidConfiguration);
-    store_uncompressed_batch_kernel<<<uint32_t(n), 128, 0, cudaStream_t(stream)>>>(slots, rows, n_tokens, k, v);
+    store_compressed_kernel<<<n, 128, 0, cudaStream_t(stream)>>>(m, pool, seq, first, codes, scales, bits, weights);
     return int(cudaGetLastError());
 }
 

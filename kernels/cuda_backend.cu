@@ -144,11 +144,8 @@ private:
     // Brings the device block table and layer state up to the host's view.
     void sync_view(uint32_t layer, const LayerView& view);
     void sync_table(const LayerView& view, uint64_t compressed);
-    // Encodes the n tokens src names (first_token from 0) into the pool.
-    void encode(uint32_t layer, cuda::EncodeSource src, uint64_t n);
-    // A batched append of rows whose tokens are device rows k, v.
-    void append_rows(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens, const void* k,
-                     const void* v);
+    void encode(uint32_t layer, uint32_t seq, uint64_t first_position, uint32_t n, uint64_t from_input_position,
+                const void* k, const void* v);
     void wait() const { check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
     uint8_t* block_ptr(uint32_t layer, uint32_t block) const {
         return pool_.get<uint8_t>() + (size_t(layer) * config_.n_blocks + block) * config_.layout.block_bytes;
@@ -174,15 +171,11 @@ private:
     DeviceBuffer key_half_, key_centers_, key_cross_, key_norms_, key_row_min_, rope_freq_, value_tables_;
     DeviceBuffer enc_t_, enc_scales_, enc_codes_, enc_bits_, enc_weights_, enc_scratch_, stage_k_, stage_v_;
     DeviceBuffer q_in_, partials_, out_stage_, lse_stage_, cublas_workspace_;
-    DeviceBuffer batch_rows_;  // [max_seqs] cuda::BatchRow: the rows of the current batched append
     std::vector<size_t> value_offsets_;  // per layer, 8 arrays each, in floats
 
     // What the device holds, as last uploaded.
     std::vector<std::vector<uint32_t>> table_shadow_;  // per sequence
     std::vector<cuda::SeqState> state_shadow_;        // [n_layers][max_seqs]
-    // Host side of a batched append's rows and new states, [max_seqs] each.
-    std::vector<cuda::BatchRow> batch_host_;
-    std::vector<cuda::SeqState> batch_states_;
 };
 
 CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_t device)
@@ -270,7 +263,6 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
     enc_scratch_.allocate(cuda::value_encoder_scratch_floats(shape_, E) * 4, "value encoding");
     stage_k_.allocate(size_t(E) * half_bytes_, "staging host keys");
     stage_v_.allocate(size_t(E) * half_bytes_, "staging host values");
-    batch_rows_.allocate(size_t(config.max_seqs) * sizeof(cuda::BatchRow), "the rows of batched appends");
 
     // Attention: the plan (launch geometry, shared memory) is fixed here, so
     // every call and every captured graph launches the same kernels; scratch
@@ -296,8 +288,6 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
     table_shadow_.assign(config.max_seqs, std::vector<uint32_t>());
     for (auto& t : table_shadow_) t.assign(config.n_blocks, 0);
     state_shadow_.assign(size_t(L) * config.max_seqs, cuda::SeqState{0, 0, 0, 0});
-    batch_host_.resize(config.max_seqs);
-    batch_states_.resize(config.max_seqs);
 }
 
 CudaBackend::~CudaBackend() {
@@ -396,13 +386,21 @@ void CudaBackend::sync_view(uint32_t layer, const LayerView& view) {
     }
 }
 
-// In launches of kEncodeBatch tokens: keys prepared and searched, values
-// encoded, codes stored.
-void CudaBackend::encode(uint32_t layer, cuda::EncodeSource src, uint64_t n) {
-    src.slots = slots_view(layer);
-    for (uint64_t done = 0; done < n;) {
-        const uint32_t m = uint32_t(std::min<uint64_t>(n - done, kEncodeBatch));
-        src.first_token = uint32_t(done);
+// Encodes the tokens at positions [first_position, + n) into the pool,
+// reading positions below from_input_position from their window slots and
+// later ones from the device rows k, v.
+void CudaBackend::encode(uint32_t layer, uint32_t seq, uint64_t first_position, uint32_t n,
+                         uint64_t from_input_position, const void* k, const void* v) {
+    const uint64_t S = config_.sink_tokens;
+    for (uint32_t done = 0; done < n;) {
+        const uint32_t m = std::min(n - done, kEncodeBatch);
+        cuda::EncodeSource src;
+        src.slots = slots_view(layer);
+        src.seq = seq;
+        src.first_position = first_position + done;
+        src.from_input_position = from_input_position;
+        src.input_k = k;
+        src.input_v = v;
         check_cuda(cuda::launch_prepare_keys(shape_, src, m, rope_freq_.get<double>(), enc_t_.get<float>(),
                                              enc_scales_.get<float>(), stream_),
                    "key preparation");
@@ -413,12 +411,24 @@ void CudaBackend::encode(uint32_t layer, cuda::EncodeSource src, uint64_t n) {
                                               enc_scratch_.get<float>(), enc_bits_.get<uint8_t>(),
                                               enc_weights_.get<float>(), stream_),
                    "value encoding");
-        check_cuda(cuda::launch_store_compressed(shape_, pool_view(layer), src, m, enc_codes_.get<uint16_t>(),
-                                                 enc_scales_.get<float>(), enc_bits_.get<uint8_t>(),
-                                                 enc_weights_.get<float>(), stream_),
+        check_cuda(cuda::launch_store_compressed(shape_, pool_view(layer), seq, src.first_position - S, m,
+                                                 enc_codes_.get<uint16_t>(), enc_scales_.get<float>(),
+                                                 enc_bits_.get<uint8_t>(), enc_weights_.get<float>(), stream_),
                    "storing codes");
         done += m;
     }
+}
+
+// The rows in turn through append(), the path the GPU tests cover (one
+// encoder pass per row; with device pointers nothing waits for the host).
+// Encoding every row's leaving tokens in one pass is the faster form; it is
+// kept apart until it has run on a GPU (docs/GPU.md).
+void CudaBackend::append_batch(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
+                               const void* k, const void* v) {
+    const size_t row_bytes = size_t(n_tokens) * half_bytes_;
+    for (uint32_t r = 0; r < n_rows; ++r)
+        append(layer, rows[r].before, rows[r].after, n_tokens, static_cast<const uint8_t*>(k) + r * row_bytes,
+               static_cast<const uint8_t*>(v) + r * row_bytes);
 }
 
 void CudaBackend::append(uint32_t layer, const LayerView& before, const LayerView& after, uint32_t n_tokens,
@@ -433,14 +443,14 @@ void CudaBackend::append(uint32_t layer, const LayerView& before, const LayerVie
     const void* v_dev = device_view(v);
     const bool staged = !k_dev || !v_dev;
     // Host rows travel in batches of kEncodeBatch tokens, each one append
-    // step of its own; device rows go in one step.
+    // step of its own; device rows go in one step. A mix of host and device
+    // pointers is staged too (cudaMemcpyDefault copies each by what it is).
     const uint32_t step = staged ? kEncodeBatch : std::max<uint32_t>(n_tokens, 1);
     uint64_t length = before.length, compressed = before.compressed;
     for (uint32_t i0 = 0; i0 < n_tokens; i0 += step) {
         const uint32_t n = std::min(step, n_tokens - i0);
         const void *kr, *vr;
         if (staged) {
-            // cudaMemcpyDefault: one of k, v may be device memory (a mix is staged whole).
             check_cuda(cudaMemcpyAsync(stage_k_.get(), static_cast<const uint8_t*>(k) + i0 * half_bytes_,
                                        n * half_bytes_, cudaMemcpyDefault, stream_), "copying keys");
             check_cuda(cudaMemcpyAsync(stage_v_.get(), static_cast<const uint8_t*>(v) + i0 * half_bytes_,
@@ -454,13 +464,7 @@ void CudaBackend::append(uint32_t layer, const LayerView& before, const LayerVie
         const uint64_t new_length = length + n;
         const uint64_t new_compressed = new_length > kept ? std::max(compressed, new_length - kept) : compressed;
         // Tokens leaving the window are encoded while the window still holds them.
-        cuda::EncodeSource src;
-        src.seq = seq;
-        src.first_position = S + compressed;
-        src.from_input_position = length;
-        src.input_k = kr;
-        src.input_v = vr;
-        encode(layer, src, new_compressed - compressed);
+        encode(layer, seq, S + compressed, uint32_t(new_compressed - compressed), length, kr, vr);
         check_cuda(cuda::launch_store_uncompressed(slots_view(layer), seq, length, n, S, S + new_compressed, kr, vr,
                                                    stream_),
                    "storing uncompressed tokens");
@@ -469,79 +473,6 @@ void CudaBackend::append(uint32_t layer, const LayerView& before, const LayerVie
         compressed = new_compressed;
     }
     sync_view(layer, after);
-}
-
-// The device path of a batched append: the rows' block tables, then the
-// rows and their new states in a few launches of kernel arguments, then one
-// encoding of every token that leaves a window (all rows together, in
-// launches of kEncodeBatch tokens) and one copy of the new tokens into their
-// slots. No host synchronization: a captured graph holds it all.
-void CudaBackend::append_rows(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
-                              const void* k, const void* v) {
-    const uint64_t S = config_.sink_tokens;
-    uint32_t total = 0;  // tokens to encode; the caller keeps n_rows * n_tokens below 2^31
-    for (uint32_t r = 0; r < n_rows; ++r) {
-        const LayerView& before = rows[r].before;
-        const LayerView& after = rows[r].after;
-        sync_table(after, after.compressed);
-        cuda::BatchRow& b = batch_host_[r];
-        b.seq = after.seq;
-        b.first_token = total;
-        b.length = before.length;
-        b.first_encode = S + before.compressed;
-        b.first_window = S + after.compressed;
-        total += uint32_t(after.compressed - before.compressed);
-        const cuda::SeqState state{uint32_t(after.length), uint32_t(after.sinks), uint32_t(after.compressed),
-                                   uint32_t(after.window)};
-        batch_states_[r] = state;
-        state_shadow_[size_t(layer) * config_.max_seqs + after.seq] = state;
-    }
-    cuda::BatchRow* rows_dev = batch_rows_.get<cuda::BatchRow>();
-    check_cuda(cuda::launch_set_batch_rows(rows_dev, states_.get<cuda::SeqState>() + size_t(layer) * config_.max_seqs,
-                                           0, n_rows, batch_host_.data(), batch_states_.data(), stream_),
-               "batch rows update");
-    // Tokens leaving the windows are encoded while the windows still hold them.
-    cuda::EncodeSource src;
-    src.input_k = k;
-    src.input_v = v;
-    src.rows = rows_dev;
-    src.n_rows = n_rows;
-    src.row_tokens = n_tokens;
-    encode(layer, src, total);
-    check_cuda(cuda::launch_store_uncompressed_batch(slots_view(layer), rows_dev, n_rows, n_tokens, k, v, stream_),
-               "storing uncompressed tokens");
-}
-
-void CudaBackend::append_batch(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
-                               const void* k, const void* v) {
-    DeviceScope scope(device_);
-    check_cuda(cublasSetStream(cublas_, stream_) == CUBLAS_STATUS_SUCCESS ? 0 : int(cudaErrorUnknown),
-               "cublasSetStream");
-    const size_t row_bytes = size_t(n_tokens) * half_bytes_;
-    const void* k_dev = device_view(k);
-    const void* v_dev = device_view(v);
-    const bool fits = uint64_t(n_rows) * n_tokens <= 0x7fffffffu;  // token counts and grids of append_rows
-    if (k_dev && v_dev && fits) {
-        append_rows(layer, n_rows, rows, n_tokens, k_dev, v_dev);
-    } else if (!k_dev && !v_dev && n_tokens <= kEncodeBatch) {
-        // Host rows travel through the staging buffers, as many rows at a
-        // time as they hold; each group waits before the next reuses them.
-        const uint32_t per_group = kEncodeBatch / n_tokens;
-        for (uint32_t r0 = 0; r0 < n_rows; r0 += per_group) {
-            const uint32_t g = std::min(per_group, n_rows - r0);
-            check_cuda(cudaMemcpyAsync(stage_k_.get(), static_cast<const uint8_t*>(k) + r0 * row_bytes, g * row_bytes,
-                                       cudaMemcpyHostToDevice, stream_), "copying keys");
-            check_cuda(cudaMemcpyAsync(stage_v_.get(), static_cast<const uint8_t*>(v) + r0 * row_bytes, g * row_bytes,
-                                       cudaMemcpyHostToDevice, stream_), "copying values");
-            append_rows(layer, g, rows + r0, n_tokens, stage_k_.get(), stage_v_.get());
-            wait();
-        }
-    } else {
-        // Mixed host and device rows, or rows too long to stage: row by row.
-        for (uint32_t r = 0; r < n_rows; ++r)
-            append(layer, rows[r].before, rows[r].after, n_tokens, static_cast<const uint8_t*>(k) + r * row_bytes,
-                   static_cast<const uint8_t*>(v) + r * row_bytes);
-    }
 }
 
 void CudaBackend::copy_block(uint32_t src, uint32_t dst) {
@@ -719,9 +650,9 @@ uint64_t CudaBackend::bytes_reserved() const {
     uint64_t n = bytes_codebook();
     for (const DeviceBuffer* b : {&pool_, &slots_, &tables_, &states_, &enc_t_, &enc_scales_, &enc_codes_,
                                   &enc_bits_, &enc_weights_, &enc_scratch_, &stage_k_, &stage_v_, &q_in_,
-                                  &partials_, &out_stage_, &lse_stage_, &cublas_workspace_, &batch_rows_})
+                                  &partials_, &out_stage_, &lse_stage_, &cublas_workspace_})
         n += b->bytes();
-    return n + (batch_host_.size() * sizeof(cuda::BatchRow) + batch_states_.size() * sizeof(cuda::SeqState));
+    return n;
 }
 
 }  // namespace

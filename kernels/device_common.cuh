@@ -62,57 +62,14 @@ __device__ __forceinline__ const uint8_t* block_address(const PoolView& p, uint3
     return p.base + size_t(block) * p.block_bytes;
 }
 
-// Token i of an encoding launch (launchers.h EncodeSource): its sequence,
-// its position and the io-dtype rows of its keys and values.
-struct SourceToken {
-    uint32_t seq;
-    uint64_t position;
-    const void* k;
-    const void* v;
-};
-
-// The row of a batched append that holds token `token` of the batch: the
-// last row whose first_token is not above it.
-__device__ __forceinline__ uint32_t batch_row(const EncodeSource& src, uint32_t token) {
-    uint32_t lo = 0, hi = src.n_rows;  // rows[lo].first_token <= token; rows[hi] (or the end) is above
-    while (hi - lo > 1) {
-        const uint32_t mid = (lo + hi) / 2;
-        if (src.rows[mid].first_token <= token) lo = mid;
-        else hi = mid;
+// The io-dtype row of one token's keys (k) or values (v) to encode.
+__device__ __forceinline__ const void* source_row(const EncodeSource& src, uint64_t position, bool values) {
+    if (position < src.from_input_position) {
+        const uint8_t* slot = slot_address(src.slots, src.seq, position);
+        return values ? slot + src.slots.half_bytes : slot;
     }
-    return lo;
-}
-
-__device__ __forceinline__ SourceToken source_token(const EncodeSource& src, uint32_t i) {
-    SourceToken t;
-    uint64_t from_input;
-    const uint8_t* k = static_cast<const uint8_t*>(src.input_k);
-    const uint8_t* v = static_cast<const uint8_t*>(src.input_v);
-    if (src.rows) {
-        const uint32_t token = src.first_token + i;
-        const uint32_t r = batch_row(src, token);
-        const BatchRow row = src.rows[r];
-        t.seq = row.seq;
-        t.position = row.first_encode + (token - row.first_token);
-        from_input = row.length;
-        const size_t offset = size_t(r) * src.row_tokens * src.slots.half_bytes;
-        k += offset;
-        v += offset;
-    } else {
-        t.seq = src.seq;
-        t.position = src.first_position + src.first_token + i;
-        from_input = src.from_input_position;
-    }
-    if (t.position < from_input) {
-        const uint8_t* slot = slot_address(src.slots, t.seq, t.position);
-        t.k = slot;
-        t.v = slot + src.slots.half_bytes;
-    } else {
-        const size_t offset = size_t(t.position - from_input) * src.slots.half_bytes;
-        t.k = k + offset;
-        t.v = v + offset;
-    }
-    return t;
+    const uint8_t* input = static_cast<const uint8_t*>(values ? src.input_v : src.input_k);
+    return input + (position - src.from_input_position) * src.slots.half_bytes;
 }
 
 }  // namespace cuda

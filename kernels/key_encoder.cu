@@ -20,9 +20,8 @@ prepare_keys_kernel(const __grid_constant__ ModelShape m, const __grid_constant_
                     const double* rope_freq, float* t, float* scales) {
     extern __shared__ float key[];  // [n_kv_heads * head_dim]
     __shared__ double partial[kPrepareThreads];
-    const SourceToken token = source_token(src, blockIdx.x);
-    const uint64_t position = token.position;
-    const void* row = token.k;
+    const uint64_t position = src.first_position + blockIdx.x;
+    const void* row = source_row(src, position, false);
     const uint32_t P = m.head_dim / 2, n_pairs = m.n_kv_heads * P;
     const bool post_rope = src.slots.key_convention == COMMVQ_KEYS_POST_ROPE;
     for (uint32_t i = threadIdx.x; i < n_pairs; i += blockDim.x) {

@@ -47,7 +47,7 @@ prepare_values_kernel(const __grid_constant__ ModelShape m, const __grid_constan
                       const __grid_constant__ ValueTables vt, float* x_all, float* sigma_all) {
     __shared__ double partial[kThreads];
     const uint32_t D = m.n_kv_heads * m.head_dim;
-    const void* v = source_token(src, blockIdx.x).v;
+    const void* v = source_row(src, src.first_position + blockIdx.x, true);
     float* x = x_all + size_t(blockIdx.x) * D;
     double s2 = 0;
     for (uint32_t c = threadIdx.x; c < D; c += kThreads) {
