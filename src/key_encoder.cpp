@@ -20,9 +20,9 @@ namespace {
 // Float costs of one stage, first the dot products of t with every sub-
 // center (sub-centers transposed, [d][C], so each inner loop is one vector
 // operation): alpha_a = ||z_a||^2 - 2 <t, z_a>, beta_a = ||z_a||^2 - 2 <t, i z_a>.
-COMMVQ_VECTOR_CLONES
-void float_alpha_beta(uint32_t C, uint32_t d, const float* zt, const float* norm, const float* t, float* alpha,
-                      float* beta) {
+COMMVQ_CLONE_BODY
+void float_alpha_beta_body(uint32_t C, uint32_t d, const float* zt, const float* norm, const float* t, float* alpha,
+                           float* beta) {
     float* dot_a = alpha;
     float* dot_b = beta;
     for (uint32_t a = 0; a < C; ++a) dot_a[a] = dot_b[a] = 0.0f;
@@ -40,13 +40,17 @@ void float_alpha_beta(uint32_t C, uint32_t d, const float* zt, const float* norm
         beta[a] = norm[a] - 2.0f * dot_b[a];
     }
 }
+COMMVQ_TWO_CLONES(float_alpha_beta,
+                  (uint32_t C, uint32_t d, const float* zt, const float* norm, const float* t, float* alpha,
+                   float* beta),
+                  (C, d, zt, norm, t, alpha, beta))
 
 // The same for four tokens at once (t[i] is token i's [d]): the dot products
 // of eight sub-centers with four tokens stay in registers over all of d, and
 // each sub-center element is loaded once for the four tokens.
-COMMVQ_VECTOR_CLONES
-void float_alpha_beta4(uint32_t C, uint32_t d, const float* zt, const float* norm, const float* const* t,
-                       float* const* alpha, float* const* beta) {
+COMMVQ_CLONE_BODY
+void float_alpha_beta4_body(uint32_t C, uint32_t d, const float* zt, const float* norm, const float* const* t,
+                            float* const* alpha, float* const* beta) {
     constexpr uint32_t kTokens = 4;
     const uint32_t body = C / 8 * 8;
     for (uint32_t a0 = 0; a0 < body; a0 += 8) {
@@ -79,13 +83,17 @@ void float_alpha_beta4(uint32_t C, uint32_t d, const float* zt, const float* nor
             beta[i][a] = norm[a] - 2.0f * dot_b;
         }
 }
+COMMVQ_TWO_CLONES(float_alpha_beta4,
+                  (uint32_t C, uint32_t d, const float* zt, const float* norm, const float* const* t,
+                   float* const* alpha, float* const* beta),
+                  (C, d, zt, norm, t, alpha, beta))
 
 // The minimum over B of alpha_A + beta_B + gamma_{A,B} for each A. gamma is
 // antisymmetric (gamma_{A,B} = -gamma_{B,A}), so row B of the table, negated,
 // is column B: the minimum over B then runs as one vector operation across
 // all rows A at once.
-COMMVQ_VECTOR_CLONES
-void float_row_minima(uint32_t C, const float* gamma, const float* alpha, const float* beta, float* row_min) {
+COMMVQ_CLONE_BODY
+void float_row_minima_body(uint32_t C, const float* gamma, const float* alpha, const float* beta, float* row_min) {
     for (uint32_t A = 0; A < C; ++A) row_min[A] = INFINITY;
     for (uint32_t B = 0; B < C; ++B) {
         const float beta_b = beta[B];
@@ -96,6 +104,9 @@ void float_row_minima(uint32_t C, const float* gamma, const float* alpha, const 
         }
     }
 }
+COMMVQ_TWO_CLONES(float_row_minima, (uint32_t C, const float* gamma, const float* alpha, const float* beta,
+                                     float* row_min),
+                  (C, gamma, alpha, beta, row_min))
 
 // float64 alpha_a = ||z_a||^2 - 2 <t, z_a> (beta: false) or beta_a =
 // ||z_a||^2 - 2 <t, i z_a> (beta: true) for the sub-centers a listed in
