@@ -20,6 +20,7 @@
 #include "key_encoder.h"
 #include "pair_layout.h"
 #include "random_codebook.h"
+#include "rope.h"
 #include "value_encoder.h"
 #include "vector_clones.h"
 
@@ -236,6 +237,39 @@ void check_shipped(const char* file) {
     check_clones_agree(cb, keys, values, n, 64);
 }
 
+// FNV-1a over the codes and scales of post-RoPE keys far into a sequence:
+// the fixture's keys rotated to positions 1,000,000 + t, un-rotated as a
+// cache with post-RoPE keys does, and encoded. Key encoding uses only IEEE
+// arithmetic (sqrt included) and portable_math.h, no libm function that
+// differs between machines, so this is one number everywhere.
+uint64_t far_key_digest(const Codebook& cb, uint32_t n) {
+    const KvFixture& fx = kv_fixture();
+    const uint32_t D = cb.value_dim(), d = cb.head_dim, n_codes = cb.n_kv_heads * cb.key_stages;
+    const Rope rope(cb.rope, d);
+    uint64_t h = 1469598103934665603ull;
+    auto add = [&h](const void* p, size_t bytes) {
+        for (size_t i = 0; i < bytes; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 1099511628211ull;
+    };
+    for (uint32_t l = 0; l < cb.n_layers; ++l) {
+        const KeyEncoder ke(cb, l);
+        KeyEncoder::Scratch scratch(cb);
+        std::vector<float> keys(size_t(n) * D);
+        for (uint32_t t = 0; t < n; ++t)
+            for (uint32_t hd = 0; hd < cb.n_kv_heads; ++hd) {
+                float* k = &keys[size_t(t) * D + size_t(hd) * d];
+                to_canonical(fx.key(l, t) + size_t(hd) * d, d, cb.pair_layout, k);
+                rope.rotate(k, 1000000 + t, +1, k);  // what the host would hand over
+                rope.rotate(k, 1000000 + t, -1, k);  // what the cache does first
+            }
+        std::vector<uint16_t> codes(size_t(n) * n_codes);
+        std::vector<float> scales(size_t(n) * cb.n_key_scales());
+        ke.encode_tile(n, keys.data(), D, codes.data(), n_codes, scales.data(), cb.n_key_scales(), scratch);
+        add(codes.data(), codes.size() * 2);
+        add(scales.data(), scales.size() * 4);
+    }
+    return h;
+}
+
 }  // namespace
 
 TEST_CASE("cpu clones: the encoder clone is one this machine can run") {
@@ -256,4 +290,18 @@ TEST_CASE("cpu clones: built-in near-ties encode the same on both clones, 2-bit,
 TEST_CASE("cpu clones: the shipped codebooks encode the real tokens the same on both clones") {
     check_shipped("bytellama-13m-1bit.safetensors");
     check_shipped("bytellama-13m-2bit.safetensors");
+}
+
+TEST_CASE("cpu clones: key codes of far post-RoPE keys are the same number on every machine") {
+    const Codebook cb = load_codebook(std::string(COMMVQ_TEST_DATA) + "/../../data/codebooks/bytellama-13m-1bit.safetensors");
+    struct Restore {
+        ~Restore() { reset_encoder_clone(); }
+    } restore;
+    for (CpuClone clone : {CpuClone::baseline, CpuClone::v3}) {
+        if (!set_encoder_clone(clone)) continue;
+        CAPTURE(cpu_clone_name(clone));
+        // Changes with the codebook, the fixture or the encoder's definition;
+        // never with the machine, the thread count or the clone.
+        CHECK(far_key_digest(cb, 160) == 0x8733d50c4702d4caull);
+    }
 }
