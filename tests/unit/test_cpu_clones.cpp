@@ -275,8 +275,10 @@ uint64_t far_key_digest(const Codebook& cb, uint32_t n) {
 TEST_CASE("cpu clones: the encoder clone is one this machine can run") {
     CHECK(cpu_clone_available(CpuClone::baseline));
     CHECK(cpu_clone_available(encoder_clone()));
-    MESSAGE("encoders run the " << cpu_clone_name(encoder_clone()) << " clone; x86-64-v3 "
-                                << (cpu_clone_available(CpuClone::v3) ? "available" : "not available"));
+    const std::string running = cpu_clone_name(encoder_clone());
+    const std::string v3 = cpu_clone_available(CpuClone::v3) ? "available" : "not available";
+    const std::string message = "encoders run the " + running + " clone; x86-64-v3 " + v3;
+    MESSAGE(message);
 }
 
 TEST_CASE("cpu clones: built-in near-ties encode the same on both clones, 1-bit, token scale") {
