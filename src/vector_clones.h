@@ -11,11 +11,12 @@
 //    machine"): both versions are plain functions, the one to run is chosen
 //    at the call by encoder_clone() (the CPU, or the environment variable
 //    COMMVQ_ENCODER_CLONE, read once), and tests can run either
-//    (set_encoder_clone). The encoder sources are compiled with
-//    -ffp-contract=off (CMakeLists.txt): both versions do the same IEEE
-//    operations in the same order, so they give the same bits; only the
-//    vector width differs, which changes no rounding (F8 arithmetic is
-//    element by element).
+//    (set_encoder_clone). The encoder sources that decide codes are
+//    compiled with -ffp-contract=off (CMakeLists.txt): both versions do the
+//    same IEEE operations in the same order, so they give the same bits;
+//    only the vector width differs, which changes no rounding (F8
+//    arithmetic is element by element). key_float_pass.cpp may fuse: its
+//    results only pick candidates within a bound.
 //  - F8, eight floats as one value (GCC/Clang vector extension): the
 //    compiler maps it to one AVX register, two SSE registers or plain
 //    floats, whatever the target has. Loops written with it vectorize where
