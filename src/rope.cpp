@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "error.h"
+#include "portable_math.h"
 
 namespace commvq {
 
@@ -31,7 +32,9 @@ std::vector<double> rope_frequencies(const RopeSpec& rope, uint32_t head_dim) {
             "RoPE needs an even head_dim, got " + std::to_string(head_dim));
     std::vector<double> freq(head_dim / 2);
     for (uint32_t j = 0; j < freq.size(); ++j) {
-        const double w = std::pow(rope.theta, -2.0 * j / head_dim);
+        // portable::pow: glibc's pow differs between machines in the last bit
+        // (RELIABILITY.md), which positions multiply.
+        const double w = portable::pow(rope.theta, -2.0 * j / head_dim);
         switch (rope.scaling) {
             case COMMVQ_ROPE_SCALING_NONE: freq[j] = w; break;
             case COMMVQ_ROPE_SCALING_LINEAR: freq[j] = w / rope.factor; break;
@@ -51,9 +54,10 @@ void Rope::angles(uint64_t position, float* cos_out, float* sin_out) const {
     // length; float would lose whole radians past a few million positions.
     const double m = double(position);
     for (size_t j = 0; j < freq_.size(); ++j) {
-        const double angle = m * freq_[j];
-        cos_out[j] = float(std::cos(angle));
-        sin_out[j] = float(std::sin(angle));
+        double sn = 0, c = 0;
+        portable::sincos(m * freq_[j], &sn, &c);
+        cos_out[j] = float(c);
+        sin_out[j] = float(sn);
     }
 }
 
@@ -61,8 +65,8 @@ void Rope::rotate(const float* x, uint64_t position, int sign, float* out) const
     const double m = double(position);
     const double s = sign < 0 ? -1.0 : 1.0;
     for (size_t j = 0; j < freq_.size(); ++j) {
-        const double angle = s * m * freq_[j];
-        const double c = std::cos(angle), sn = std::sin(angle);
+        double sn = 0, c = 0;  // the same bits on every machine (portable_math.h)
+        portable::sincos(s * m * freq_[j], &sn, &c);
         const double re = x[2 * j], im = x[2 * j + 1];
         out[2 * j] = float(re * c - im * sn);
         out[2 * j + 1] = float(re * sn + im * c);

@@ -20,8 +20,8 @@ constexpr uint8_t kOptionBits[4] = {0b01, 0b10, 0b11, 0b00};
 // y = W x + b for W [rows][cols]: row dot products with eight partial sums
 // in one vector register (GCC/Clang vector extension; strict IEEE order
 // would otherwise keep the compiler from vectorizing a sum).
-COMMVQ_VECTOR_CLONES
-void linear(const float* W, const float* b, const float* x, uint32_t rows, uint32_t cols, float* y) {
+COMMVQ_CLONE_BODY
+void linear_body(const float* W, const float* b, const float* x, uint32_t rows, uint32_t cols, float* y) {
     constexpr uint32_t kLanes = 8;
     const uint32_t body = cols / kLanes * kLanes;
     for (uint32_t i = 0; i < rows; ++i) {
@@ -33,13 +33,15 @@ void linear(const float* W, const float* b, const float* x, uint32_t rows, uint3
         y[i] = sum + (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])));
     }
 }
+COMMVQ_TWO_CLONES(linear, (const float* W, const float* b, const float* x, uint32_t rows, uint32_t cols, float* y),
+                  (W, b, x, rows, cols, y))
 
 // The same for a full tile of kTile tokens: one vector register of partial
 // sums per token, and each row of W loaded once for the whole tile. Every
 // token's arithmetic is that of linear, so results do not depend on tiling.
-COMMVQ_VECTOR_CLONES
-void linear_tile(const float* W, const float* b, const float* const* x, uint32_t rows, uint32_t cols,
-                 float* const* y) {
+COMMVQ_CLONE_BODY
+void linear_tile_body(const float* W, const float* b, const float* const* x, uint32_t rows, uint32_t cols,
+                      float* const* y) {
     constexpr uint32_t kTile = ValueEncoder::kTile, kLanes = 8;
     const uint32_t body = cols / kLanes * kLanes;
     for (uint32_t i = 0; i < rows; ++i) {
@@ -58,6 +60,9 @@ void linear_tile(const float* W, const float* b, const float* const* x, uint32_t
         }
     }
 }
+COMMVQ_TWO_CLONES(linear_tile, (const float* W, const float* b, const float* const* x, uint32_t rows, uint32_t cols,
+                                float* const* y),
+                  (W, b, x, rows, cols, y))
 
 // y_t = W x_t + b for n tokens: a full tile at once, fewer one by one.
 void linear_tokens(const float* W, const float* b, const float* const* x, uint32_t n, uint32_t rows,

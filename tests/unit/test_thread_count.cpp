@@ -1,9 +1,12 @@
-// Encoding does not depend on the thread count: a cache with 1, 2 or 16
-// threads stores the same codes, bit for bit, and they are the codes the
-// encoders give one token at a time (what commvq_codebook_reconstruct
-// uses). Real keys and values (the bytellama fixture) through the shipped
-// 2-bit codebook (the 1-bit one runs the same code with fewer stages),
-// appended in uneven chunks so tiles start at different positions.
+// Encoding does not depend on the thread count or on the CPU clone: a cache
+// with 1, 2, 3 or 16 threads (more than this machine's cores), encoding with
+// the baseline or the x86-64-v3 clone of the hot loops (src/vector_clones.h;
+// only the baseline where the build or CPU has no v3), stores the same codes,
+// bit for bit, and they are the codes the encoders give one token at a time
+// (what commvq_codebook_reconstruct uses). Real keys and values (the
+// bytellama fixture) through the shipped 2-bit codebook (the 1-bit one runs
+// the same code with fewer stages), appended in uneven chunks so tiles start
+// at different positions.
 // Attention over those codes may differ in its last bits (with fewer query
 // rows than threads a row's tokens are split over the threads and the parts
 // merged: another order of summation), by far less than its 1e-5
@@ -13,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "cache_test_util.h"
@@ -22,6 +26,7 @@
 #include "key_encoder.h"
 #include "pair_layout.h"
 #include "value_encoder.h"
+#include "vector_clones.h"
 
 using namespace commvq;
 using namespace commvq::test;
@@ -29,6 +34,21 @@ using namespace commvq::test;
 namespace {
 
 constexpr uint32_t kTokens = 600;
+
+// ThreadSanitizer (COMMVQ_SANITIZE=thread, several times slower) runs the
+// machine's clone only: races do not depend on it, and the other builds
+// compare the clones.
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kBothClones = false;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool kBothClones = false;
+#else
+constexpr bool kBothClones = true;
+#endif
+#else
+constexpr bool kBothClones = true;
+#endif
 
 // Every layer's compressed tokens in the packed token format.
 std::vector<uint8_t> codes_of(const Cache& cache, uint32_t seq) {
@@ -74,12 +94,23 @@ std::vector<uint8_t> one_by_one(const Codebook& cb, const KvFixture& fx, const B
 void check_thread_counts(const char* codebook_file) {
     const KvFixture& fx = kv_fixture();
     const Codebook cb = load_codebook(std::string(COMMVQ_TEST_DATA) + "/../../data/codebooks/" + codebook_file);
+    struct Restore {
+        ~Restore() { reset_encoder_clone(); }
+    } restore;
+    std::vector<CpuClone> clones{encoder_clone()};
+    if (kBothClones && cpu_clone_available(CpuClone::v3)) clones = {CpuClone::baseline, CpuClone::v3};
+    else if (kBothClones) MESSAGE("no x86-64-v3 clone in this build or on this CPU: only the baseline clone ran");
+    std::vector<std::pair<CpuClone, uint32_t>> runs;  // (clone, threads)
+    for (CpuClone clone : clones)
+        for (uint32_t threads : {1u, 2u, 3u, 16u}) runs.emplace_back(clone, threads);
     std::vector<std::vector<uint8_t>> codes;
     std::vector<std::vector<float>> outputs;
     uint64_t compressed = 0;
     BlockLayout layout;
-    for (uint32_t threads : {1u, 2u, 16u}) {
+    for (const auto& [clone, threads] : runs) {
+        CAPTURE(cpu_clone_name(clone));
         CAPTURE(threads);
+        REQUIRE(set_encoder_clone(clone));
         commvq_cache_params_t p = small_params();
         p.max_seqs = 1;
         p.max_tokens = kTokens;
@@ -104,9 +135,16 @@ void check_thread_counts(const char* codebook_file) {
         layout = cache.layout();
     }
     REQUIRE(compressed == kTokens - 16);
-    CHECK(codes[1] == codes[0]);
-    CHECK(codes[2] == codes[0]);
-    CHECK(one_by_one(cb, fx, layout, compressed) == codes[0]);
+    for (size_t i = 1; i < codes.size(); ++i) {
+        CAPTURE(cpu_clone_name(runs[i].first));
+        CAPTURE(runs[i].second);
+        CHECK(codes[i] == codes[0]);
+    }
+    for (CpuClone clone : clones) {
+        CAPTURE(cpu_clone_name(clone));
+        REQUIRE(set_encoder_clone(clone));
+        CHECK(one_by_one(cb, fx, layout, compressed) == codes[0]);
+    }
     for (size_t i = 1; i < outputs.size(); ++i) {
         double diff = 0, scale = 0;
         for (size_t j = 0; j < outputs[0].size(); ++j) {
@@ -119,6 +157,6 @@ void check_thread_counts(const char* codebook_file) {
 
 }  // namespace
 
-TEST_CASE("thread count: 1, 2 and 16 threads store the codes of one-token encoding") {
+TEST_CASE("thread count: 1, 2, 3 and 16 threads, either CPU clone, store the codes of one-token encoding") {
     check_thread_counts("bytellama-13m-2bit.safetensors");
 }
