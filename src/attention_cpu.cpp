@@ -294,7 +294,7 @@ void CpuAttention::load_uncompressed(uint32_t layer, const LayerView& view, uint
     const uint32_t d = cb_.head_dim, P = cb_.pairs(), D = cb_.value_dim();
     for (uint32_t t = 0; t < n; ++t) {
         const uint8_t* slot = storage_.slot(view.seq, layer, position + t);
-        to_float(slot, config_.io_dtype, D, s.token.data());
+        to_float(slot, config_.io_dtype, cb_.key_dim(), s.token.data());
         for (uint32_t g = 0; g < cb_.n_kv_heads; ++g) {
             float* key = s.keys.data() + (size_t(g) * kChunk + t) * d;
             to_canonical(s.token.data() + size_t(g) * d, d, cb_.pair_layout, s.canonical.data());
@@ -302,7 +302,7 @@ void CpuAttention::load_uncompressed(uint32_t layer, const LayerView& view, uint
             if (rotate)
                 rotate_planar(key, s.cos.data() + size_t(t) * P, s.sin.data() + size_t(t) * P, P, 1.0f);
         }
-        to_float(slot + storage_.slot_half_bytes(), config_.io_dtype, D,
+        to_float(slot + storage_.key_bytes(), config_.io_dtype, D,
                  s.values.data() + size_t(t) * D);
     }
 }
@@ -372,7 +372,7 @@ void CpuAttention::update(double* state, const float* q, const float* keys, uint
         std::fill(acc, acc + d, 0.0f);
         for (uint32_t t = 0; t < n; ++t) {
             const float pt = p[t];
-            const float* v = s.values.data() + size_t(t) * D + size_t(group) * d;
+            const float* v = s.values.data() + size_t(t) * D + size_t(cb_.kv_head_begin + group) * d;
             for (uint32_t c = 0; c < d; ++c) acc[c] += pt * v[c];
         }
         for (uint32_t c = 0; c < d; ++c) acc_dense[c] += acc[c];
@@ -397,7 +397,9 @@ COMMVQ_VECTOR_CLONES
 void CpuAttention::finish(uint32_t layer, uint32_t head, const double* state, void* out,
                           float* lse, Scratch& s) const {
     const uint32_t d = cb_.head_dim, D = cb_.value_dim();
-    const uint32_t g = head / group_size_;
+    // The head's KV group, numbered among the model's heads: its columns of
+    // E and lambda (a slice cache holds heads from kv_head_begin on).
+    const uint32_t g = cb_.kv_head_begin + head / group_size_;
     const double* acc_code = state + 2;
     const double* acc_dense = acc_code + code_count_;
     const float* E = cb_.layers[layer].values.codebook.data() + size_t(g) * d;

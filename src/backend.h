@@ -82,6 +82,21 @@ public:
     virtual void append_batch(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
                               const void* k, const void* v) = 0;
 
+    // A slice cache's appends in the `token` scale mode (docs/PARALLEL.md):
+    // append_batch (n_rows = 1: append) with token_norms2 [n_rows *
+    // n_tokens], each new token's squared key norm over all the model's KV
+    // heads. Only the CPU back end has slice caches.
+    virtual void append_batch_norms(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
+                                    const void* k, const void* v, const double* token_norms2);
+
+    // Per-head squared norms of pre-RoPE keys (post-RoPE keys un-rotated
+    // first, as encoding does), key_head_norm2 of each head in the canonical
+    // layout: k [n_rows][n_tokens][n_kv_heads][head_dim] in io_dtype, token
+    // t of row r at position positions[r] + t; out [n_kv_heads][n_rows *
+    // n_tokens]. The CPU back end only.
+    virtual void key_head_norms2(uint32_t n_rows, const uint64_t* positions, uint32_t n_tokens, const void* k,
+                                 double* out) const;
+
     // Copies every layer of block src into block dst (copy-on-write).
     virtual void copy_block(uint32_t src, uint32_t dst) = 0;
     // Copies the sinks and window of every layer of sequence src to dst.

@@ -60,6 +60,22 @@ commvq_cache_params_t resolve_params(const Codebook& cb, commvq_cache_params_t p
             COMMVQ_ERR_SHAPE_MISMATCH, std::string(fn) + "the codebook's head counts are inconsistent");
     require(cb.value_code_bits() % 8 == 0 && cb.code_bits() <= 16, COMMVQ_ERR_SHAPE_MISMATCH,
             std::string(fn) + "the codebook's code widths are not supported");
+    if (p.kv_head_count != 0 && p.kv_head_count != cb.n_kv_heads)
+        require(p.device == COMMVQ_DEVICE_CPU, COMMVQ_ERR_NOT_SUPPORTED, [&] {
+            return std::string(fn) + "kv_head_begin " + str(p.kv_head_begin) + ", kv_head_count " +
+                   str(p.kv_head_count) + " (KV heads " + str(p.kv_head_begin) + ".." +
+                   str(uint64_t(p.kv_head_begin) + p.kv_head_count - 1) + " of " + str(cb.n_kv_heads) +
+                   ") on CUDA device " + std::to_string(p.device) +
+                   ": caches of a slice of the KV heads are implemented on the CPU back end only (docs/PARALLEL.md)";
+        });
+    require(p.kv_head_count <= cb.n_kv_heads && p.kv_head_begin <= cb.n_kv_heads - p.kv_head_count &&
+                (p.kv_head_count != 0 || p.kv_head_begin == 0),
+            COMMVQ_ERR_INVALID_ARGUMENT, [&] {
+                return std::string(fn) + "kv_head_begin " + str(p.kv_head_begin) + ", kv_head_count " +
+                       str(p.kv_head_count) + " is not a range of the codebook's " + str(cb.n_kv_heads) +
+                       " KV heads (kv_head_count 0 = all heads, with kv_head_begin 0)";
+            });
+    if (p.kv_head_count == 0) p.kv_head_count = cb.n_kv_heads;
     if (p.n_threads == 0) p.n_threads = std::max(1u, std::thread::hardware_concurrency());
     if (p.attn_scale == 0) p.attn_scale = float(1.0 / std::sqrt(double(cb.head_dim)));
     return p;
@@ -69,7 +85,8 @@ commvq_cache_params_t resolve_params(const Codebook& cb, commvq_cache_params_t p
 
 Cache::Cache(const Codebook& cb, const commvq_cache_params_t& params)
     : params_(resolve_params(cb, params)),
-      cb_(cb),
+      cb_(params_.kv_head_count == cb.n_kv_heads ? cb
+                                                 : slice_codebook(cb, params_.kv_head_begin, params_.kv_head_count)),
       layout_(make_block_layout(cb_, params_.block_tokens)),
       pool_(uint32_t(blocks_for(params_.max_tokens, params_.block_tokens))) {
     const uint32_t n_blocks = pool_.capacity();
@@ -110,6 +127,14 @@ void Cache::check_layer(uint32_t layer, const char* fn) const {
     require(layer < cb_.n_layers, COMMVQ_ERR_OUT_OF_RANGE, [&] {
         return std::string(fn) + ": layer " + str(layer) + " out of range (the model has " + str(cb_.n_layers) +
                " layers)";
+    });
+}
+
+void Cache::require_not_slice(const char* fn) const {
+    require(!cb_.is_slice(), COMMVQ_ERR_NOT_SUPPORTED, [&] {
+        return std::string(fn) + ": this cache holds KV heads " + str(cb_.kv_head_begin) + ".." +
+               str(cb_.kv_head_begin + cb_.n_kv_heads - 1) + " of " + str(cb_.value_kv_heads) +
+               "; sequence files hold all heads, and slice caches do not read or write them yet";
     });
 }
 
@@ -200,9 +225,11 @@ void Cache::append(uint32_t layer, uint32_t seq, uint32_t n_tokens, const void* 
         return std::string(fn) + ": the block pool is full: this append needs " + str(needed) + " more blocks, " +
                str(pool_.free_count()) + " of " + str(pool_.capacity()) + " are free";
     });
+    require_key_norms(fn, nullptr);
     for (const void* x : {k, v})
         if (backend_->host_readable(x))  // device memory: the host cannot look
-            require_inputs(fn, x == k ? "k" : "v", "token", x, params_.io_dtype, n_tokens, cb_.value_dim());
+            require_inputs(fn, x == k ? "k" : "v", "token", x, params_.io_dtype, n_tokens,
+                           x == k ? cb_.key_dim() : cb_.value_dim());
 
     // Everything is checked; from here on nothing allocates or fails (the
     // CPU back end's append takes its memory at creation), so the cache
@@ -216,11 +243,62 @@ void Cache::append(uint32_t layer, uint32_t seq, uint32_t n_tokens, const void* 
 
 void Cache::append_batch(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids, uint32_t n_tokens,
                          const void* k, const void* v) {
-    const char* fn = "commvq_cache_append_batch";
+    append_rows("commvq_cache_append_batch", layer, n_seqs, seq_ids, n_tokens, k, v, nullptr);
+}
+
+void Cache::append_norms2(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids, uint32_t n_tokens,
+                          const void* k, const void* v, const double* key_norms2) {
+    append_rows("commvq_cache_append_norms2", layer, n_seqs, seq_ids, n_tokens, k, v, key_norms2);
+}
+
+bool Cache::needs_key_norms() const { return cb_.is_slice() && cb_.scale_mode == COMMVQ_SCALE_TOKEN; }
+
+void Cache::require_key_norms(const char* fn, const double* key_norms2) const {
+    require(key_norms2 || !needs_key_norms(), COMMVQ_ERR_INVALID_ARGUMENT, [&] {
+        return std::string(fn) + ": this cache holds KV heads " + str(cb_.kv_head_begin) + ".." +
+               str(cb_.kv_head_begin + cb_.n_kv_heads - 1) + " of " + str(cb_.value_kv_heads) +
+               " in the token scale mode: a key's scale is its norm over all heads, so appends need the "
+               "squared key norms of every head (commvq_cache_append_norms2 with key_norms2, docs/PARALLEL.md)";
+    });
+}
+
+void Cache::key_norms2(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids, uint32_t n_tokens, const void* k,
+                       double* norms2) const {
+    const char* fn = "commvq_cache_key_norms2";
     check_layer(layer, fn);
-    require(n_seqs > 0, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_append_batch: n_seqs is 0");
-    require(n_tokens > 0, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_append_batch: n_tokens is 0");
-    require(seq_ids && k && v, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_append_batch: seq_ids, k or v is NULL");
+    require(n_seqs > 0, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_key_norms2: n_seqs is 0");
+    require(n_tokens > 0, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_key_norms2: n_tokens is 0");
+    require(seq_ids && k && norms2, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_key_norms2: seq_ids, k or norms2 is NULL");
+    require(params_.device == COMMVQ_DEVICE_CPU, COMMVQ_ERR_NOT_SUPPORTED,
+            "commvq_cache_key_norms2: a CUDA cache; key norms are computed by CPU caches only");
+    // Grown to the largest call: a steady stream of calls allocates nothing.
+    if (norm_positions_.size() < n_seqs) norm_positions_.resize(n_seqs);
+    uint64_t* positions = norm_positions_.data();
+    for (uint32_t i = 0; i < n_seqs; ++i) {
+        require(seq_ids[i] < params_.max_seqs, COMMVQ_ERR_OUT_OF_RANGE, [&] {
+            return std::string(fn) + ": entry " + str(i) + ": sequence " + str(seq_ids[i]) +
+                   " out of range (max_seqs is " + str(params_.max_seqs) + ")";
+        });
+        positions[i] = seqs_[seq_ids[i]].layers[layer].length;
+    }
+    require(uint64_t(n_seqs) * n_tokens <= std::numeric_limits<size_t>::max() / cb_.key_dim() / 8,
+            COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_key_norms2: n_seqs * n_tokens is too large");
+    require_batch_inputs(fn, "k", k, params_.io_dtype, n_seqs, n_tokens, cb_.key_dim());
+    backend_->key_head_norms2(n_seqs, positions, n_tokens, k, norms2);
+}
+
+void Cache::append_rows(const char* fn, uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids,
+                        uint32_t n_tokens, const void* k, const void* v, const double* key_norms2) {
+    // Messages are made only on failure: the success path allocates nothing.
+    const auto f = [fn] { return std::string(fn); };
+    check_layer(layer, fn);
+    require(n_seqs > 0, COMMVQ_ERR_INVALID_ARGUMENT, [&] { return f() + ": n_seqs is 0"; });
+    require(n_tokens > 0, COMMVQ_ERR_INVALID_ARGUMENT, [&] { return f() + ": n_tokens is 0"; });
+    require(seq_ids && k && v, COMMVQ_ERR_INVALID_ARGUMENT, [&] { return f() + ": seq_ids, k or v is NULL"; });
+    require_key_norms(fn, key_norms2);
+    require(!key_norms2 || params_.device == COMMVQ_DEVICE_CPU, COMMVQ_ERR_NOT_SUPPORTED, [&] {
+        return f() + ": key_norms2 given to a CUDA cache; key norms are taken by CPU caches only";
+    });
 
     // Every id in range and named once: a sequence's stamp is this call's
     // once an entry names it. (A new stamp per call; all cleared when the
@@ -246,7 +324,7 @@ void Cache::append_batch(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_id
     // Distinct ids: n_seqs <= max_seqs. The caller's rows must fit the
     // address space for their offsets to be computed.
     const uint64_t n_rows = uint64_t(n_seqs) * n_tokens;  // < 2^64
-    const uint64_t token_bytes = uint64_t(cb_.value_dim()) * dtype_size(params_.io_dtype);
+    const uint64_t token_bytes = uint64_t(cb_.value_dim()) * dtype_size(params_.io_dtype);  // >= keys'
     require(n_rows <= std::numeric_limits<size_t>::max() / token_bytes, COMMVQ_ERR_INVALID_ARGUMENT, [&] {
         return std::string(fn) + ": " + str(n_seqs) + " sequences of " + str(n_tokens) + " tokens of " +
                str(token_bytes) + " bytes each: k and v cannot be that large";
@@ -299,7 +377,39 @@ void Cache::append_batch(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_id
     });
     for (const void* x : {k, v})
         if (backend_->host_readable(x))
-            require_batch_inputs(fn, x == k ? "k" : "v", x, params_.io_dtype, n_seqs, n_tokens, cb_.value_dim());
+            require_batch_inputs(fn, x == k ? "k" : "v", x, params_.io_dtype, n_seqs, n_tokens,
+                                 x == k ? cb_.key_dim() : cb_.value_dim());
+    // The norms: every value finite and >= 0, the rows of this cache's own
+    // heads what its keys give; a slice in the token mode then takes each
+    // token's sum over the model's heads, in head order (KeyEncoder).
+    const size_t n_rows_all = size_t(n_rows);
+    if (key_norms2) {
+        const uint32_t H = cb_.value_kv_heads ? cb_.value_kv_heads : cb_.n_kv_heads;
+        for (size_t i = 0; i < size_t(H) * n_rows_all; ++i)
+            require(std::isfinite(key_norms2[i]) && key_norms2[i] >= 0, COMMVQ_ERR_INVALID_ARGUMENT, [&] {
+                return f() + ": key_norms2 of head " + str(i / n_rows_all) + ", row " + str(i % n_rows_all) +
+                       " is " + std::to_string(key_norms2[i]) + "; squared norms are finite and >= 0";
+            });
+        if (own_norms2_.size() < size_t(cb_.n_kv_heads) * n_rows_all)
+            own_norms2_.resize(size_t(cb_.n_kv_heads) * n_rows_all);
+        this->key_norms2(layer, n_seqs, seq_ids, n_tokens, k, own_norms2_.data());
+        const double* mine = key_norms2 + size_t(cb_.kv_head_begin) * n_rows_all;
+        for (size_t i = 0; i < size_t(cb_.n_kv_heads) * n_rows_all; ++i)
+            require(mine[i] == own_norms2_[i], COMMVQ_ERR_INVALID_ARGUMENT, [&] {
+                char got[64], want[64];
+                std::snprintf(got, sizeof got, "%.17g", mine[i]);
+                std::snprintf(want, sizeof want, "%.17g", own_norms2_[i]);
+                return f() + ": key_norms2 of head " + str(cb_.kv_head_begin + i / n_rows_all) + ", row " +
+                       str(i % n_rows_all) + " is " + got + ", but this cache's keys give " + want +
+                       " (commvq_cache_key_norms2 before the append; rows [head][n_seqs][n_tokens])";
+            });
+        if (needs_key_norms()) {
+            if (token_norms2_.size() < n_rows_all) token_norms2_.resize(n_rows_all);
+            std::fill_n(token_norms2_.begin(), n_rows_all, 0.0);
+            for (uint32_t h = 0; h < H; ++h)
+                for (size_t i = 0; i < n_rows_all; ++i) token_norms2_[i] += key_norms2[size_t(h) * n_rows_all + i];
+        }
+    }
 
     // Everything is checked: the rows change in turn, as appends would,
     // with steps that cannot fail (make_writable has its blocks), then the
@@ -314,7 +424,10 @@ void Cache::append_batch(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_id
         s.layers[layer] = after;
         append_rows_[i].after = s.view(seq, layer, params_.sink_tokens);
     }
-    backend_->append_batch(layer, n_seqs, append_rows_.data(), n_tokens, k, v);
+    if (needs_key_norms())
+        backend_->append_batch_norms(layer, n_seqs, append_rows_.data(), n_tokens, k, v, token_norms2_.data());
+    else
+        backend_->append_batch(layer, n_seqs, append_rows_.data(), n_tokens, k, v);
 }
 
 void Cache::attend(uint32_t layer, uint32_t seq, uint32_t n_queries, const void* q, void* out,
@@ -481,8 +594,9 @@ commvq_cache_stats_t Cache::stats() const {
     commvq_cache_stats_t st;
     std::memset(&st, 0, sizeof st);
     st.struct_size = sizeof st;
-    const uint64_t token_bytes_16 = 2ull * cb_.value_dim() * 2;  // keys and values at 16 bits, one layer
-    const uint64_t token_bytes_io = 2ull * cb_.value_dim() * dtype_size(params_.io_dtype);
+    // Keys and values at 16 bits, one layer (a slice cache: its keys, all values).
+    const uint64_t token_bytes_16 = (uint64_t(cb_.key_dim()) + cb_.value_dim()) * 2;
+    const uint64_t token_bytes_io = (uint64_t(cb_.key_dim()) + cb_.value_dim()) * dtype_size(params_.io_dtype);
     for (const auto& s : seqs_) {
         const uint64_t len = s.frontier();
         if (len == 0) continue;
@@ -551,6 +665,7 @@ SequenceImage Cache::export_sequence(uint32_t seq) const {
 void Cache::seq_save(uint32_t seq, const std::string& path) const {
     const char* fn = "commvq_cache_seq_save";
     check_seq(seq, fn);
+    require_not_slice(fn);
     require(seqs_[seq].in_step(), COMMVQ_ERR_INVALID_STATE,
             [&] { return std::string(fn) + ": the layers of sequence " + str(seq) + " are out of step"; });
     write_sequence_file(export_sequence(seq), path);
@@ -612,6 +727,7 @@ uint64_t Cache::check_sequence_header(const SequenceImage& im, const std::string
 void Cache::seq_load(uint32_t seq, const std::string& path) {
     const char* fn = "commvq_cache_seq_load";
     check_seq(seq, fn);
+    require_not_slice(fn);
     Sequence& s = seqs_[seq];
     require(s.frontier() == 0, COMMVQ_ERR_INVALID_STATE, [&] {
         return std::string(fn) + ": sequence " + str(seq) + " is not empty (" + str(s.frontier()) + " tokens)";

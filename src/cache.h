@@ -28,6 +28,13 @@ public:
     // append() row by row, but every row is checked before any changes.
     void append_batch(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids, uint32_t n_tokens,
                       const void* k, const void* v);
+    // append_batch with the squared key norms of every KV head (slice
+    // caches, docs/PARALLEL.md); key_norms2 may be null where not needed.
+    void append_norms2(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids, uint32_t n_tokens,
+                       const void* k, const void* v, const double* key_norms2);
+    // The squared key norms of this cache's heads, norms2 [heads][n_seqs * n_tokens].
+    void key_norms2(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids, uint32_t n_tokens, const void* k,
+                    double* norms2) const;
     void attend(uint32_t layer, uint32_t seq, uint32_t n_queries, const void* q, void* out,
                 float* lse, uint32_t flags);
     void attend_batch(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids, const void* q,
@@ -64,6 +71,13 @@ public:
 private:
     void check_layer(uint32_t layer, const char* fn) const;
     void check_seq(uint32_t seq, const char* fn) const;
+    void require_not_slice(const char* fn) const;
+    // Whether appends need key_norms2 (a slice in the token scale mode), and
+    // the refusal of an append without them.
+    bool needs_key_norms() const;
+    void require_key_norms(const char* fn, const double* key_norms2) const;
+    void append_rows(const char* fn, uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids, uint32_t n_tokens,
+                     const void* k, const void* v, const double* key_norms2);
     uint64_t compressed_after(uint64_t length, uint64_t compressed) const;
     // The layer state after n_tokens more, or INVALID_STATE if the layers
     // of the sequence are not in step for it (entry >= 0: a batch's row).
@@ -82,7 +96,9 @@ private:
     uint64_t check_sequence_header(const SequenceImage& im, const std::string& path) const;
 
     commvq_cache_params_t params_;  // resolved: no 0 meaning "default" left
-    Codebook cb_;  // the cache's own copy; the back end refers to it
+    // The cache's own copy (a slice cache's: slice_codebook); the back end
+    // refers to it.
+    Codebook cb_;
     BlockLayout layout_;
     BlockPool pool_;
     std::vector<Sequence> seqs_;
@@ -99,6 +115,12 @@ private:
     std::vector<uint32_t> seq_stamps_;
     uint32_t stamp_ = 0;
     std::vector<uint32_t> shared_writers_;
+    // Scratch of append_norms2, grown to the largest call: the norms of this
+    // cache's heads as its keys give them, each token's sum over all heads.
+    std::vector<double> own_norms2_;
+    std::vector<double> token_norms2_;
+    // Scratch of key_norms2 (a const call): the rows' first positions.
+    mutable std::vector<uint64_t> norm_positions_;
 };
 
 }  // namespace commvq

@@ -277,3 +277,29 @@ uint32_t value_hidden_for(uint32_t value_dim, uint32_t value_bits) {
 }
 
 }  // namespace commvq
+
+namespace commvq {
+
+Codebook slice_codebook(const Codebook& cb, uint32_t begin, uint32_t count) {
+    const uint32_t H = cb.n_kv_heads, G = cb.n_q_heads / cb.n_kv_heads;
+    const uint32_t R = cb.key_stages, C = cb.sub_centers, d = cb.head_dim;
+    // Everything as cb has it (fields added later included), then the
+    // per-head key data cut to the slice.
+    Codebook s = cb;
+    s.n_kv_heads = count;
+    s.n_q_heads = count * G;
+    s.value_kv_heads = H;
+    s.kv_head_begin = begin;
+    const auto cut = [&](std::vector<float>& all, size_t per_head) {
+        all = std::vector<float>(all.begin() + std::ptrdiff_t(begin * per_head),
+                                 all.begin() + std::ptrdiff_t((begin + count) * per_head));
+    };
+    for (uint32_t l = 0; l < cb.n_layers; ++l) {
+        cut(s.layers[l].keys.sub_centers, size_t(R) * C * d);
+        cut(s.cross[l], size_t(R) * C * C);
+        cut(s.norms[l], size_t(R) * C);
+    }
+    return s;
+}
+
+}  // namespace commvq

@@ -70,8 +70,17 @@ struct Codebook {
     // Per layer: [n_kv_heads][key_stages][C], ||z_a||^2.
     std::vector<std::vector<float>> norms;
 
+    // A slice cache's own copy (slice_codebook) holds the key tables of its
+    // KV heads only (n_kv_heads, n_q_heads and the key data are the slice's)
+    // but the whole value codebook: values are encoded over all of the
+    // model's heads. Both are 0 in every codebook a file or training makes.
+    uint32_t value_kv_heads = 0;  // the model's KV heads; 0 = n_kv_heads
+    uint32_t kv_head_begin = 0;   // the model's index of this codebook's KV head 0
+
     uint32_t pairs() const { return head_dim / 2; }
-    uint32_t value_dim() const { return n_kv_heads * head_dim; }             // D
+    uint32_t value_dim() const { return (value_kv_heads ? value_kv_heads : n_kv_heads) * head_dim; }  // D
+    uint32_t key_dim() const { return n_kv_heads * head_dim; }  // keys of one token (D but in a slice)
+    bool is_slice() const { return value_kv_heads != 0 && value_kv_heads != n_kv_heads; }
     uint32_t value_groups() const { return value_dim() * value_bits / 2; }  // n
     uint32_t value_code_bits() const { return 2 * value_groups(); }         // 2n
     uint32_t code_bits() const;                                            // bits of one stage code
@@ -86,6 +95,12 @@ struct Codebook {
                ((size_t(head) * key_stages + stage) * sub_centers + a) * head_dim;
     }
 };
+
+// The copy a cache of KV heads [begin, begin + count) keeps (count < the
+// model's heads): the key sub-centers, cross and norm tables of those heads,
+// n_q_heads of their query groups, the value codebook whole. cb is
+// finalized; the copy is not a codebook of a file (no finalize, no save).
+Codebook slice_codebook(const Codebook& cb, uint32_t begin, uint32_t count);
 
 // One tensor of a layer as codebook files name it (docs/FORMATS.md), in the
 // fixed order that files and the fingerprint use.

@@ -23,6 +23,10 @@ public:
                 const void* k, const void* v) override;
     void append_batch(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens, const void* k,
                       const void* v) override;
+    void append_batch_norms(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
+                            const void* k, const void* v, const double* token_norms2) override;
+    void key_head_norms2(uint32_t n_rows, const uint64_t* positions, uint32_t n_tokens, const void* k,
+                         double* out) const override;
     void copy_block(uint32_t src, uint32_t dst) override;
     void copy_uncompressed(uint32_t src, uint32_t dst) override;
     void attend(const AttendCall& call) override;
@@ -43,32 +47,41 @@ private:
     // Per-thread working memory of the encoders, for one tile of
     // KeyEncoder::kTile tokens (the sizes below are per token).
     struct EncodeScratch {
-        std::vector<float> key;    // [n_kv_heads * head_dim] canonical, pre-RoPE
-        std::vector<float> value;  // [D]
-        std::vector<float> token;  // [D] model layout
+        std::vector<float> key;    // [kTile][n_kv_heads * head_dim] canonical, pre-RoPE
+        std::vector<float> value;  // [kTile][D]
+        std::vector<float> token;  // [max(key dim, D)] model layout
+        std::vector<double> norms2;  // [kTile] token squared key norms (slice caches, token mode)
         std::vector<uint16_t> codes;  // [n_kv_heads * key_stages]
         std::vector<float> encoder;   // ValueEncoder scratch
         KeyEncoder::Scratch keys;
     };
 
     // One token to encode: its position, where its keys and values are
-    // read (a window slot or the caller's row) and the slot its codes go to.
+    // read (a window slot or the caller's row) and the slot its codes go to;
+    // its squared key norm over all heads where the storage keeps them.
     struct EncodeJob {
         uint64_t position;
         const uint8_t* k;
         const uint8_t* v;
         TokenSlot slot;
+        double norm2;
     };
     // The job of the token at `position`, compressed by an append of the
-    // rows k, v to the layer (before -> after).
+    // rows k, v (norms2: their tokens' squared key norms, or null) to the
+    // layer (before -> after).
     EncodeJob encode_job(uint32_t layer, const LayerView& before, const LayerView& after, uint64_t position,
-                         const uint8_t* k, const uint8_t* v);
+                         const uint8_t* k, const uint8_t* v, const double* norms2);
+    void append_rows(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens, const void* k,
+                     const void* v, const double* token_norms2);
+    // One head's key of a token to the canonical layout, un-rotated to
+    // pre-RoPE if the host hands over post-RoPE keys.
+    void canonical_key(const float* head, uint64_t position, float* out) const;
     // Encodes up to kEncodeBatch tokens of one layer on one thread.
     void encode(uint32_t layer, unsigned thread, const EncodeJob* jobs, uint32_t n);
     // Copies an append's new tokens that stay uncompressed into their sink
     // or window slots.
     void store_uncompressed(uint32_t layer, const LayerView& before, const LayerView& after, const uint8_t* k,
-                            const uint8_t* v);
+                            const uint8_t* v, const double* norms2);
 
     const Codebook& cb_;
     BackendConfig config_;
@@ -82,6 +95,9 @@ private:
     // append_batch: row r's first token to encode, counted over the rows
     // before it; [max_seqs + 1], taken at creation.
     std::vector<uint64_t> batch_first_;
+    // key_head_norms2 (a const call, on the caller's thread): one token's
+    // keys [key dim] and one head's canonical key [head_dim].
+    mutable std::vector<float> norm_scratch_;
 };
 
 }  // namespace commvq

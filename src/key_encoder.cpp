@@ -220,29 +220,36 @@ void KeyEncoder::encode(const float* k, uint16_t* codes, float* scales) const {
     encode_tile(1, k, 0, codes, 0, scales, 0, scratch);
 }
 
+double key_head_norm2(const float* x, uint32_t d) {
+    double s = 0;
+    for (uint32_t i = 0; i < d; ++i) s += double(x[i]) * x[i];
+    return s;
+}
+
 // A zero key (scale 0) is encoded as t = 0: its codes name the centers
 // nearest the origin, its scale is 0, and it decodes to exactly zero.
 // Non-finite input gives a non-finite scale (codes stay in range).
 void KeyEncoder::encode_tile(uint32_t n, const float* k, size_t k_stride, uint16_t* codes, size_t codes_stride,
-                             float* scales, size_t scales_stride, Scratch& w) const {
+                             float* scales, size_t scales_stride, Scratch& w, const double* token_norms2) const {
     const uint32_t H = cb_.n_kv_heads, d = cb_.head_dim, R = cb_.key_stages, C = cb_.sub_centers;
-    auto norm_of = [d](const float* x, uint32_t n_heads) {
-        double s = 0;
-        for (size_t i = 0; i < size_t(n_heads) * d; ++i) s += double(x[i]) * x[i];
-        return std::sqrt(s);
-    };
     for (uint32_t t0 = 0; t0 < n; t0 += kTile) {
         const uint32_t m = std::min(kTile, n - t0);
         for (uint32_t i = 0; i < m; ++i) {
             const float* ki = k + (t0 + i) * k_stride;
             float* si = scales + (t0 + i) * scales_stride;
             if (cb_.scale_mode == COMMVQ_SCALE_TOKEN) {
-                const double s = norm_of(ki, H);
+                double norm2 = 0;
+                if (token_norms2) {
+                    norm2 = token_norms2[t0 + i];
+                } else {
+                    for (uint32_t h = 0; h < H; ++h) norm2 += key_head_norm2(ki + size_t(h) * d, d);
+                }
+                const double s = std::sqrt(norm2);
                 si[0] = float(s);
                 for (uint32_t h = 0; h < H; ++h) w.scale[size_t(i) * H + h] = s;
             } else {
                 for (uint32_t h = 0; h < H; ++h) {
-                    const double s = norm_of(ki + size_t(h) * d, 1);
+                    const double s = std::sqrt(key_head_norm2(ki + size_t(h) * d, d));
                     si[h] = float(s);
                     w.scale[size_t(i) * H + h] = s;
                 }

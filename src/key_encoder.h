@@ -11,6 +11,12 @@
 
 namespace commvq {
 
+// ||x||^2 of one head's key (d elements, float64, summed in element order).
+// A token's scale in `token` mode is the square root of these summed over
+// its KV heads in head order, so a slice of the heads (parallel caches,
+// docs/PARALLEL.md) gives the same float64 sum from the per-head values.
+double key_head_norm2(const float* x, uint32_t d);
+
 class KeyEncoder {
 public:
     KeyEncoder(const Codebook& cb, uint32_t layer);
@@ -43,9 +49,13 @@ public:
     // The same for n tokens (bit-identical to n calls of encode): token t
     // reads k + t * k_stride and writes codes + t * codes_stride and
     // scales + t * scales_stride. Each stage searches kTile tokens at once,
-    // so its sub-centers are read once per tile.
+    // so its sub-centers are read once per tile. token_norms2 (token scale
+    // mode only; may be null): token t's squared norm over ALL the model's
+    // KV heads, token_norms2[t], used instead of the norm of k's heads (a
+    // slice codebook has only some of them).
     void encode_tile(uint32_t n, const float* k, size_t k_stride, uint16_t* codes, size_t codes_stride,
-                     float* scales, size_t scales_stride, Scratch& scratch) const;
+                     float* scales, size_t scales_stride, Scratch& scratch,
+                     const double* token_norms2 = nullptr) const;
 
     // The decoded pre-RoPE key of one head without its scale, canonical
     // layout: sum over stages of z_A + i z_B.

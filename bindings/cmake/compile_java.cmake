@@ -2,8 +2,8 @@
 # Java sources into a jar. Run at build time because SWIG decides which
 # generated files exist (one per struct of the header).
 #   -DJAVAC=... -DJAR=... -DGENERATED_DIR=... -DSOURCE_DIR=... -DCLASSES_DIR=... -DOUTPUT=commvq.jar
-#   [-DNATIVE_DIR=org/commvq/native/linux-amd64 -DNATIVE_LIBS="libcommvq_java.so|libcommvq.so.0.3.0"]
-#   [-DPOM=pom.xml -DVERSION=0.3.0]
+#   [-DNATIVE_DIR=org/commvq/native/linux-amd64 -DNATIVE_LIBS="libcommvq_java.so|libcommvq.so.0.4.0"]
+#   [-DPOM=pom.xml -DVERSION=0.4.0]
 # NATIVE_LIBS go into the jar under NATIVE_DIR (a versioned libcommvq.so.X.Y.Z
 # as its soname, libcommvq.so.X), where NativeLoader finds them; POM goes to
 # META-INF/maven/org.commvq/commvq/ as Maven itself would put it.

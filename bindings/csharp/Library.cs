@@ -51,6 +51,8 @@ namespace Commvq
         public Functions.commvq_cache_destroy commvq_cache_destroy;
         public Functions.commvq_cache_append commvq_cache_append;
         public Functions.commvq_cache_append_batch commvq_cache_append_batch;
+        public Functions.commvq_cache_key_norms2 commvq_cache_key_norms2;
+        public Functions.commvq_cache_append_norms2 commvq_cache_append_norms2;
         public Functions.commvq_cache_attend commvq_cache_attend;
         public Functions.commvq_cache_attend_batch commvq_cache_attend_batch;
         public Functions.commvq_cache_seq_length commvq_cache_seq_length;

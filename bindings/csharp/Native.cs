@@ -91,6 +91,8 @@ namespace Commvq
         public int key_convention;
         public float attn_scale;
         public uint n_threads;
+        public uint kv_head_begin;
+        public uint kv_head_count;
     }
 
     [StructLayout(LayoutKind.Sequential)]
@@ -186,6 +188,12 @@ namespace Commvq
         [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
         public delegate int commvq_cache_append_batch(IntPtr cache, uint layer, uint n_seqs, uint* seq_ids,
                                                       uint n_tokens, void* k, void* v);
+        [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+        public delegate int commvq_cache_key_norms2(IntPtr cache, uint layer, uint n_seqs, uint* seq_ids,
+                                                    uint n_tokens, void* k, double* norms2);
+        [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+        public delegate int commvq_cache_append_norms2(IntPtr cache, uint layer, uint n_seqs, uint* seq_ids,
+                                                       uint n_tokens, void* k, void* v, double* key_norms2);
         [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
         public delegate int commvq_cache_attend(IntPtr cache, uint layer, uint seq, uint n_queries, void* q,
                                                 void* @out, float* lse, uint flags);

@@ -18,7 +18,8 @@
     X(device_count) X(codebook_info_init) X(codebook_load) X(codebook_load_memory)               \
     X(codebook_save) X(codebook_save_as) X(codebook_free) X(codebook_get_info)                   \
     X(codebook_encode_keys) X(codebook_reconstruct) X(cache_params_init) X(cache_create)         \
-    X(cache_destroy) X(cache_append) X(cache_append_batch) X(cache_attend) X(cache_attend_batch)  \
+    X(cache_destroy) X(cache_append) X(cache_append_batch) X(cache_key_norms2)             \
+    X(cache_append_norms2) X(cache_attend) X(cache_attend_batch)  \
     X(cache_seq_length) X(cache_seq_clear) X(cache_seq_truncate) X(cache_seq_fork) X(cache_stats_init) \
     X(cache_get_stats) X(cache_seq_save) X(cache_seq_load) X(cache_set_stream)                   \
     X(cache_synchronize) X(train_params_init) X(train)
@@ -94,6 +95,16 @@ static inline commvq_status_t cq_cache_append_batch(const commvq_go_api* a, comm
                                                     uint32_t n_seqs, const uint32_t* seq_ids, uint32_t n_tokens,
                                                     const void* k, const void* v) {
     return a->cache_append_batch(cache, layer, n_seqs, seq_ids, n_tokens, k, v);
+}
+static inline commvq_status_t cq_cache_key_norms2(const commvq_go_api* a, const commvq_cache_t* cache, uint32_t layer,
+                                                  uint32_t n_seqs, const uint32_t* seq_ids, uint32_t n_tokens,
+                                                  const void* k, double* norms2) {
+    return a->cache_key_norms2(cache, layer, n_seqs, seq_ids, n_tokens, k, norms2);
+}
+static inline commvq_status_t cq_cache_append_norms2(const commvq_go_api* a, commvq_cache_t* cache, uint32_t layer,
+                                                     uint32_t n_seqs, const uint32_t* seq_ids, uint32_t n_tokens,
+                                                     const void* k, const void* v, const double* key_norms2) {
+    return a->cache_append_norms2(cache, layer, n_seqs, seq_ids, n_tokens, k, v, key_norms2);
 }
 static inline commvq_status_t cq_cache_attend(const commvq_go_api* a, commvq_cache_t* cache, uint32_t layer,
                                               uint32_t seq, uint32_t n_queries, const void* q, void* out,

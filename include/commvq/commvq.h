@@ -44,7 +44,7 @@ extern "C" {
 
 /* ---- version ----------------------------------------------------------- */
 #define COMMVQ_VERSION_MAJOR 0
-#define COMMVQ_VERSION_MINOR 3
+#define COMMVQ_VERSION_MINOR 4
 #define COMMVQ_VERSION_PATCH 0
 #define COMMVQ_VERSION_NUMBER \
     (COMMVQ_VERSION_MAJOR * 10000 + COMMVQ_VERSION_MINOR * 100 + COMMVQ_VERSION_PATCH)
@@ -200,6 +200,13 @@ typedef struct commvq_cache_params {
     int32_t key_convention; /* COMMVQ_KEYS_PRE_ROPE or _POST_ROPE; default PRE_ROPE */
     float attn_scale;       /* 0 = 1/sqrt(head_dim) */
     uint32_t n_threads;     /* CPU worker threads; 0 = all cores; default 0 */
+    /* Fields added later; a caller built against an older header passes a
+     * smaller struct_size and gets their defaults. Since 0.4.0: */
+    uint32_t kv_head_begin; /* the first KV head the cache holds; default 0 */
+    uint32_t kv_head_count; /* KV heads [kv_head_begin, kv_head_begin + kv_head_count) the cache holds
+                               (a tensor-parallel rank's slice, docs/PARALLEL.md); 0 = all (default).
+                               A slice cache's k, q, out and lse carry its heads only (query heads follow
+                               by group), v all of the model's KV heads; CPU caches only. */
 } commvq_cache_params_t;
 
 COMMVQ_API void commvq_cache_params_init(commvq_cache_params_t* params);
@@ -232,6 +239,38 @@ COMMVQ_API commvq_status_t commvq_cache_append(commvq_cache_t* cache, uint32_t l
 COMMVQ_API commvq_status_t commvq_cache_append_batch(commvq_cache_t* cache, uint32_t layer,
                                                     uint32_t n_seqs, const uint32_t* seq_ids,
                                                     uint32_t n_tokens, const void* k, const void* v);
+
+/* Tensor parallelism (docs/PARALLEL.md). A key's scale in the token scale
+ * mode is its norm over ALL the model's KV heads, so a cache holding a slice
+ * of them (kv_head_count) needs the other ranks' share: per token and KV
+ * head, the squared norm ||k_h||^2 (float64) of the pre-RoPE key (post-RoPE
+ * keys un-rotated first, as encoding does).
+ *
+ * commvq_cache_key_norms2 computes them for the cache's own heads: k as
+ * commvq_cache_append_batch takes it ([n_seqs][n_tokens][heads held][head_dim],
+ * io_dtype, token t of entry s at position (that layer's length) + t, so
+ * call it before the append); norms2 [heads held][n_seqs][n_tokens]
+ * float64, head-major so that an all-gather of the ranks' outputs in head
+ * order (or an all-reduce of a zero-filled full array, each rank writing its
+ * rows: adding zeros is exact) gives the full array. Changes nothing.
+ *
+ * commvq_cache_append_norms2 is commvq_cache_append_batch with that full
+ * array: key_norms2 [n_kv_heads of the model][n_seqs][n_tokens]. The token
+ * scale is the square root of the heads' values summed in head order, as a
+ * cache of all heads computes it, so slice caches encode exactly what one
+ * full cache does. A slice cache in the token scale mode needs key_norms2
+ * (commvq_cache_append and _append_batch refuse it); in the head scale mode,
+ * and in a cache of all heads, key_norms2 may be NULL. Given, the rows of the
+ * cache's own heads must equal what commvq_cache_key_norms2 computes and every
+ * value must be finite and >= 0 (COMMVQ_ERR_INVALID_ARGUMENT). CPU caches
+ * only. Since 0.4.0. */
+COMMVQ_API commvq_status_t commvq_cache_key_norms2(const commvq_cache_t* cache, uint32_t layer,
+                                                  uint32_t n_seqs, const uint32_t* seq_ids,
+                                                  uint32_t n_tokens, const void* k, double* norms2);
+COMMVQ_API commvq_status_t commvq_cache_append_norms2(commvq_cache_t* cache, uint32_t layer,
+                                                     uint32_t n_seqs, const uint32_t* seq_ids,
+                                                     uint32_t n_tokens, const void* k, const void* v,
+                                                     const double* key_norms2);
 
 /* Attention of n_queries post-RoPE queries [n_queries][n_q_heads][head_dim]
  * of sequence seq over the layer's tokens. Query i sits at position

@@ -1,5 +1,6 @@
 // The cache functions of the C API: argument checks that need the C view
 // (NULL pointers, struct sizes), then the cache (cache.h).
+#include <cstddef>
 #include <memory>
 #include <new>
 #include <stdexcept>
@@ -59,7 +60,14 @@ COMMVQ_API commvq_status_t commvq_cache_create(const commvq_codebook_t* cb,
         require_arg(out, fn, "out");
         commvq_cache_params_t defaults;
         commvq_cache_params_init(&defaults);
-        const commvq_cache_params_t p = commvq::capi::read_params(params, defaults, fn, "params");
+        commvq_cache_params_t p = commvq::capi::read_params(params, defaults, fn, "params");
+        // A struct from before 0.4.0 ends at n_threads; its size may count
+        // the padding where kv_head_begin now sits: both new fields take
+        // their defaults unless the caller's struct has kv_head_count.
+        if (params->struct_size < offsetof(commvq_cache_params_t, kv_head_count) + sizeof(uint32_t)) {
+            p.kv_head_begin = defaults.kv_head_begin;
+            p.kv_head_count = defaults.kv_head_count;
+        }
         try {
             auto cache = std::make_unique<commvq_cache>(cb->cb, p);
             *out = cache.release();
@@ -94,6 +102,33 @@ COMMVQ_API commvq_status_t commvq_cache_append_batch(commvq_cache_t* cache, uint
         require_arg(k, fn, "k");
         require_arg(v, fn, "v");
         cache->cache.append_batch(layer, n_seqs, seq_ids, n_tokens, k, v);
+    });
+}
+
+COMMVQ_API commvq_status_t commvq_cache_key_norms2(const commvq_cache_t* cache, uint32_t layer,
+                                                  uint32_t n_seqs, const uint32_t* seq_ids,
+                                                  uint32_t n_tokens, const void* k, double* norms2) {
+    return guard([&] {
+        const char* fn = "commvq_cache_key_norms2";
+        require_arg(cache, fn, "cache");
+        require_arg(seq_ids, fn, "seq_ids");
+        require_arg(k, fn, "k");
+        require_arg(norms2, fn, "norms2");
+        cache->cache.key_norms2(layer, n_seqs, seq_ids, n_tokens, k, norms2);
+    });
+}
+
+COMMVQ_API commvq_status_t commvq_cache_append_norms2(commvq_cache_t* cache, uint32_t layer,
+                                                     uint32_t n_seqs, const uint32_t* seq_ids,
+                                                     uint32_t n_tokens, const void* k, const void* v,
+                                                     const double* key_norms2) {
+    return guard([&] {
+        const char* fn = "commvq_cache_append_norms2";
+        require_arg(cache, fn, "cache");
+        require_arg(seq_ids, fn, "seq_ids");
+        require_arg(k, fn, "k");
+        require_arg(v, fn, "v");
+        cache->cache.append_norms2(layer, n_seqs, seq_ids, n_tokens, k, v, key_norms2);
     });
 }
 

@@ -217,3 +217,45 @@ TEST_CASE("out of memory: training returns nothing and leaks nothing") {
           [&] { CHECK(out == nullptr); });
     commvq_codebook_free(out);
 }
+
+TEST_CASE("out of memory: a slice cache's key_norms2 and append_norms2 (token scales) fail unchanged, then allocate nothing") {
+    commvq_codebook_t* cb = codebook_handle(small_spec(2));  // 2 KV heads, token scales
+    commvq_cache_params_t p = small_params();
+    p.sink_tokens = 2;
+    p.kv_head_begin = 1;
+    p.kv_head_count = 1;
+    commvq_cache_t* c = make_cache(cb, p);
+    const Codebook& s = c->cache.codebook();
+    const uint32_t d = s.head_dim, ids[2] = {1, 0}, n = 5;
+    Rng rng(9);
+    std::vector<double> norms(2 * 2 * n), mine(2 * n);
+    for (uint32_t step = 0; step < 4; ++step)
+        for (uint32_t layer = 0; layer < s.n_layers; ++layer) {
+            CAPTURE(step);
+            CAPTURE(layer);
+            const std::vector<float> k = rng.normals(2 * n * d), v = rng.normals(2 * n * 2 * d);
+            // Head 0 is another rank's: any finite squares do.
+            for (uint32_t i = 0; i < 2 * n; ++i) norms[i] = 0.25 * (i + 1);
+            auto before = std::make_shared<Snapshot>(snapshot(c));
+            const uint64_t a = sweep(
+                "commvq_cache_key_norms2",
+                [&] { return commvq_cache_key_norms2(c, layer, 2, ids, n, k.data(), mine.data()); },
+                [&] { CHECK(snapshot(c) == *before); });
+            std::copy(mine.begin(), mine.end(), norms.begin() + 2 * n);
+            const uint64_t b = sweep(
+                "commvq_cache_append_norms2",
+                [&] { return commvq_cache_append_norms2(c, layer, 2, ids, n, k.data(), v.data(), norms.data()); },
+                [&] {
+                    CHECK(snapshot(c) == *before);
+                    CHECK_NOTHROW(c->cache.check_integrity());
+                });
+            // The first calls grow the scratch; later ones of the same size take nothing.
+            if (step > 0) {
+                CHECK(a == 0);
+                CHECK(b == 0);
+            }
+        }
+    CHECK(c->cache.sequence(0).layers[1].length == 4 * n);
+    commvq_cache_destroy(c);
+    commvq_codebook_free(cb);
+}

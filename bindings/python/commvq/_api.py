@@ -116,6 +116,8 @@ class CacheParams(Structure):
         ("key_convention", c_int32),
         ("attn_scale", c_float),
         ("n_threads", c_uint32),
+        ("kv_head_begin", c_uint32),
+        ("kv_head_count", c_uint32),
     ]
 
 
@@ -188,6 +190,10 @@ FUNCTIONS = (
     ("commvq_cache_append", Status, (CachePtr, c_uint32, c_uint32, c_uint32, c_void_p, c_void_p)),
     ("commvq_cache_append_batch", Status,
      (CachePtr, c_uint32, c_uint32, POINTER(c_uint32), c_uint32, c_void_p, c_void_p)),
+    ("commvq_cache_key_norms2", Status,
+     (CachePtr, c_uint32, c_uint32, POINTER(c_uint32), c_uint32, c_void_p, POINTER(c_double))),
+    ("commvq_cache_append_norms2", Status,
+     (CachePtr, c_uint32, c_uint32, POINTER(c_uint32), c_uint32, c_void_p, c_void_p, POINTER(c_double))),
     ("commvq_cache_attend", Status,
      (CachePtr, c_uint32, c_uint32, c_uint32, c_void_p, c_void_p, POINTER(c_float), c_uint32)),
     ("commvq_cache_attend_batch", Status,

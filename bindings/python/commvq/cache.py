@@ -21,7 +21,13 @@ class Cache:
 
     Keyword arguments set fields of commvq_cache_params_t (device, max_seqs,
     max_tokens, block_tokens, window, sink_tokens, io_dtype, key_convention,
-    attn_scale, n_threads); the others keep the library's defaults.
+    attn_scale, n_threads, kv_head_begin, kv_head_count); the others keep the
+    library's defaults.
+
+    A slice cache (kv_head_count: a tensor-parallel rank's KV heads,
+    docs/PARALLEL.md) takes keys of its kv_head_count heads, values of all
+    n_kv_heads heads and queries of its n_q_heads query heads (its groups);
+    key_norms2() and append_norms2() carry the key norms ranks exchange.
 
     NumPy arrays are converted to the cache's io dtype and made contiguous (a
     copy only when they are not already); shapes are checked here, before the
@@ -44,8 +50,10 @@ class Cache:
         self._handle = handle
         info = codebook.info
         self.n_layers = info["n_layers"]
-        self.n_kv_heads = info["n_kv_heads"]
-        self.n_q_heads = info["n_q_heads"]
+        self.n_kv_heads = info["n_kv_heads"]  # the model's (values carry them all)
+        self.kv_head_begin = p.kv_head_begin
+        self.kv_head_count = p.kv_head_count or self.n_kv_heads  # the KV heads held (keys carry these)
+        self.n_q_heads = info["n_q_heads"] // self.n_kv_heads * self.kv_head_count  # the query heads held
         self.head_dim = info["head_dim"]
         self.dtype = np.dtype(_IO_DTYPES[p.io_dtype])
         self.io_dtype = p.io_dtype
@@ -58,16 +66,16 @@ class Cache:
         layer, seq = _ranges.uint32("layer", layer), _ranges.uint32("seq", seq)
         if _tensors.is_torch_tensor(k) or _tensors.is_torch_tensor(v):
             call = "commvq_cache_append"
-            n = self._tensor(call, "k", k, self.n_kv_heads, None)
+            n = self._tensor(call, "k", k, self.kv_head_count, None)
             self._tensor(call, "v", v, self.n_kv_heads, n)
             self._use_torch_stream(k)
             check(self._lib.commvq_cache_append(self._live(), layer, seq, _ranges.uint32("n_tokens", n),
                                                 k.data_ptr(), v.data_ptr()))
             return
-        k = self._tokens(k, self.n_kv_heads, "k")
+        k = self._tokens(k, self.kv_head_count, "k")
         v = self._tokens(v, self.n_kv_heads, "v")
-        if k.shape != v.shape:
-            raise ValueError(f"k and v differ in shape: {k.shape} and {v.shape}")
+        if k.shape[0] != v.shape[0]:
+            raise ValueError(f"k and v differ in tokens: {k.shape[0]} and {v.shape[0]}")
         n = _ranges.uint32("n_tokens", k.shape[0])
         check(self._lib.commvq_cache_append(self._live(), layer, seq, n, k.ctypes.data, v.ctypes.data))
 
@@ -87,18 +95,61 @@ class Cache:
         ids = seq_ids.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
         if _tensors.is_torch_tensor(k) or _tensors.is_torch_tensor(v):
             call = "commvq_cache_append_batch"
-            n_tokens = self._batch_tensor(call, "k", k, n, None)
-            self._batch_tensor(call, "v", v, n, n_tokens)
+            n_tokens = self._batch_tensor(call, "k", k, n, None, self.kv_head_count)
+            self._batch_tensor(call, "v", v, n, n_tokens, self.n_kv_heads)
             self._use_torch_stream(k)
             check(self._lib.commvq_cache_append_batch(self._live(), layer, n, ids, _ranges.uint32("n_tokens", n_tokens),
                                                       k.data_ptr(), v.data_ptr()))
             return
-        k, n_tokens = self._batch_tokens(k, n, "k")
-        v, v_tokens = self._batch_tokens(v, n, "v")
-        if v_tokens != n_tokens:
-            raise ValueError(f"k and v differ in tokens per sequence: {n_tokens} and {v_tokens}")
+        k, v, n_tokens = self._batch_kv(k, v, n)
         check(self._lib.commvq_cache_append_batch(self._live(), layer, n, ids, _ranges.uint32("n_tokens", n_tokens),
                                                   k.ctypes.data, v.ctypes.data))
+
+    # ---- tensor parallelism (docs/PARALLEL.md; NumPy arrays) ------------------------
+    def key_norms2(self, layer: int, seq_ids: ArrayLike, k: ArrayLike) -> np.ndarray:
+        """Squared norms of this cache's heads of the keys about to be appended
+        (commvq_cache_key_norms2): k as append_batch takes it; returns float64
+        [kv_head_count, len(seq_ids), n_tokens]. Gather the ranks' results along
+        axis 0 (in head order) into the [n_kv_heads, ...] array append_norms2 takes."""
+        layer = _ranges.uint32("layer", layer)
+        seq_ids, ids, n = self._ids(seq_ids)
+        k, n_tokens = self._batch_tokens(k, n, "k", self.kv_head_count)
+        norms = np.empty((self.kv_head_count, n, n_tokens), dtype=np.float64)
+        check(self._lib.commvq_cache_key_norms2(self._live(), layer, n, ids, _ranges.uint32("n_tokens", n_tokens),
+                                                k.ctypes.data, norms.ctypes.data_as(ctypes.POINTER(ctypes.c_double))))
+        return norms
+
+    def append_norms2(self, layer: int, seq_ids: ArrayLike, k: ArrayLike, v: ArrayLike,
+                      key_norms2: Optional[ArrayLike] = None) -> None:
+        """append_batch with the squared key norms of all n_kv_heads heads
+        (commvq_cache_append_norms2): key_norms2 float64 [n_kv_heads, len(seq_ids),
+        n_tokens], or None where the cache needs none (head scale mode, all heads)."""
+        layer = _ranges.uint32("layer", layer)
+        seq_ids, ids, n = self._ids(seq_ids)
+        k, v, n_tokens = self._batch_kv(k, v, n)
+        norms_p = None
+        if key_norms2 is not None:
+            key_norms2 = np.ascontiguousarray(key_norms2, dtype=np.float64)
+            if key_norms2.shape != (self.n_kv_heads, n, n_tokens):
+                raise ValueError(f"key_norms2 must be [{self.n_kv_heads}, {n}, {n_tokens}], "
+                                 f"got {list(key_norms2.shape)}")
+            norms_p = key_norms2.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+        check(self._lib.commvq_cache_append_norms2(self._live(), layer, n, ids, _ranges.uint32("n_tokens", n_tokens),
+                                                   k.ctypes.data, v.ctypes.data, norms_p))
+
+    def _ids(self, seq_ids: ArrayLike) -> Tuple[np.ndarray, Any, int]:
+        seq_ids = _ranges.uint32_array("seq_ids", seq_ids)
+        if seq_ids.ndim != 1:
+            raise ValueError(f"seq_ids must be 1-D, got shape {list(seq_ids.shape)}")
+        return seq_ids, seq_ids.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)), _ranges.uint32("n_seqs",
+                                                                                                seq_ids.shape[0])
+
+    def _batch_kv(self, k: ArrayLike, v: ArrayLike, n: int) -> Tuple[np.ndarray, np.ndarray, int]:
+        k, n_tokens = self._batch_tokens(k, n, "k", self.kv_head_count)
+        v, v_tokens = self._batch_tokens(v, n, "v", self.n_kv_heads)
+        if v_tokens != n_tokens:
+            raise ValueError(f"k and v differ in tokens per sequence: {n_tokens} and {v_tokens}")
+        return k, v, n_tokens
 
     def attend(self, layer: int, seq: int, q: ArrayLike, causal: bool = True, out: Optional[np.ndarray] = None,
                lse: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -224,20 +275,20 @@ class Cache:
             raise ValueError(f"{name} must be [n, {heads}, {self.head_dim}], got {list(x.shape)}")
         return x
 
-    def _batch_tokens(self, x: ArrayLike, rows: int, name: str) -> Tuple[np.ndarray, int]:
+    def _batch_tokens(self, x: ArrayLike, rows: int, name: str, heads: int) -> Tuple[np.ndarray, int]:
         """An append_batch argument as a contiguous array of the io dtype, and its tokens per row."""
         x = np.ascontiguousarray(x, dtype=self.dtype)
-        tokens = _tensors.batch_tokens(x.shape, self.n_kv_heads, self.head_dim)
+        tokens = _tensors.batch_tokens(x.shape, heads, self.head_dim)
         if tokens is None or x.shape[0] != rows:
-            raise ValueError(f"{name} must be [{rows}, {self.n_kv_heads}, {self.head_dim}] (one token per sequence) "
-                             f"or [{rows}, n_tokens, {self.n_kv_heads}, {self.head_dim}], got {list(x.shape)}")
+            raise ValueError(f"{name} must be [{rows}, {heads}, {self.head_dim}] (one token per sequence) "
+                             f"or [{rows}, n_tokens, {heads}, {self.head_dim}], got {list(x.shape)}")
         return x, tokens
 
-    def _batch_tensor(self, call: str, name: str, x: Any, rows: int, tokens: Optional[int]) -> int:
+    def _batch_tensor(self, call: str, name: str, x: Any, rows: int, tokens: Optional[int], heads: int) -> int:
         """Checks a torch tensor argument of append_batch; returns its tokens per row."""
         _require_tensor(call, name, x)
         return _tensors.check_batch(call, name, _tensors.describe(x), self.device, self.io_dtype, rows, tokens,
-                                    self.n_kv_heads, self.head_dim)
+                                    heads, self.head_dim)
 
     def _outputs(self, n: int, out: Optional[np.ndarray],
                  lse: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:

@@ -105,6 +105,8 @@ pub struct commvq_cache_params_t {
     pub key_convention: i32,
     pub attn_scale: f32,
     pub n_threads: u32,
+    pub kv_head_begin: u32,
+    pub kv_head_count: u32,
 }
 
 #[repr(C)]
@@ -209,6 +211,11 @@ declare_api! {
                            k: *const c_void, v: *const c_void) -> commvq_status_t;
     fn commvq_cache_append_batch(cache: *mut commvq_cache_t, layer: u32, n_seqs: u32, seq_ids: *const u32,
                                  n_tokens: u32, k: *const c_void, v: *const c_void) -> commvq_status_t;
+    fn commvq_cache_key_norms2(cache: *const commvq_cache_t, layer: u32, n_seqs: u32, seq_ids: *const u32,
+                               n_tokens: u32, k: *const c_void, norms2: *mut f64) -> commvq_status_t;
+    fn commvq_cache_append_norms2(cache: *mut commvq_cache_t, layer: u32, n_seqs: u32, seq_ids: *const u32,
+                                  n_tokens: u32, k: *const c_void, v: *const c_void,
+                                  key_norms2: *const f64) -> commvq_status_t;
     fn commvq_cache_attend(cache: *mut commvq_cache_t, layer: u32, seq: u32, n_queries: u32,
                            q: *const c_void, out: *mut c_void, lse: *mut f32,
                            flags: u32) -> commvq_status_t;
