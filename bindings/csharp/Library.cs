@@ -46,6 +46,7 @@ namespace Commvq
         public Functions.commvq_codebook_get_info commvq_codebook_get_info;
         public Functions.commvq_codebook_encode_keys commvq_codebook_encode_keys;
         public Functions.commvq_codebook_reconstruct commvq_codebook_reconstruct;
+        public Functions.commvq_cache_params_init_size commvq_cache_params_init_size;
         public Functions.commvq_cache_params_init commvq_cache_params_init;
         public Functions.commvq_cache_create commvq_cache_create;
         public Functions.commvq_cache_destroy commvq_cache_destroy;
@@ -190,7 +191,7 @@ namespace Commvq
         public unsafe commvq_cache_params_t DefaultCacheParams()
         {
             var p = new commvq_cache_params_t();
-            Api.commvq_cache_params_init(&p);
+            Api.commvq_cache_params_init_size(&p, (UIntPtr)sizeof(commvq_cache_params_t));
             return p;
         }
 

@@ -178,6 +178,8 @@ namespace Commvq
         public delegate int commvq_codebook_reconstruct(IntPtr cb, uint layer, uint n_tokens, float* k, float* v,
                                                         float* k_out, float* v_out);
         [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+        public delegate void commvq_cache_params_init_size(commvq_cache_params_t* @params, UIntPtr size);
+        [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
         public delegate void commvq_cache_params_init(commvq_cache_params_t* @params);
         [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
         public delegate int commvq_cache_create(IntPtr cb, commvq_cache_params_t* @params, IntPtr* @out);

@@ -17,7 +17,7 @@
     X(version_number) X(version_string) X(status_string) X(last_error) X(cuda_available)        \
     X(device_count) X(codebook_info_init) X(codebook_load) X(codebook_load_memory)               \
     X(codebook_save) X(codebook_save_as) X(codebook_free) X(codebook_get_info)                   \
-    X(codebook_encode_keys) X(codebook_reconstruct) X(cache_params_init) X(cache_create)         \
+    X(codebook_encode_keys) X(codebook_reconstruct) X(cache_params_init_size) X(cache_params_init) X(cache_create)         \
     X(cache_destroy) X(cache_append) X(cache_append_batch) X(cache_key_norms2)             \
     X(cache_append_norms2) X(cache_attend) X(cache_attend_batch)  \
     X(cache_seq_length) X(cache_seq_clear) X(cache_seq_truncate) X(cache_seq_fork) X(cache_stats_init) \
@@ -78,6 +78,9 @@ static inline commvq_status_t cq_codebook_reconstruct(const commvq_go_api* a, co
                                                       uint32_t layer, uint32_t n_tokens, const float* k,
                                                       const float* v, float* k_out, float* v_out) {
     return a->codebook_reconstruct(cb, layer, n_tokens, k, v, k_out, v_out);
+}
+static inline void cq_cache_params_init_size(const commvq_go_api* a, commvq_cache_params_t* params, size_t size) {
+    a->cache_params_init_size(params, size);
 }
 static inline void cq_cache_params_init(const commvq_go_api* a, commvq_cache_params_t* params) {
     a->cache_params_init(params);

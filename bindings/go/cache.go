@@ -43,7 +43,7 @@ type CacheStats struct {
 // DefaultCacheParams is the library's default commvq_cache_params_t.
 func (l *Library) DefaultCacheParams() CacheParams {
 	var c C.commvq_cache_params_t
-	C.cq_cache_params_init(l.api, &c)
+	C.cq_cache_params_init_size(l.api, &c, C.size_t(unsafe.Sizeof(c)))
 	return CacheParams{Device: int32(c.device), MaxSeqs: uint32(c.max_seqs), MaxTokens: uint64(c.max_tokens),
 		BlockTokens: uint32(c.block_tokens), Window: uint32(c.window), SinkTokens: uint32(c.sink_tokens),
 		IODtype: int32(c.io_dtype), KeyConvention: int32(c.key_convention), AttnScale: float32(c.attn_scale),
@@ -67,7 +67,7 @@ func (cb *Codebook) NewCache(p CacheParams) (*Cache, error) {
 		return nil, err
 	}
 	var c C.commvq_cache_params_t
-	C.cq_cache_params_init(cb.lib.api, &c) // sets struct_size
+	C.cq_cache_params_init_size(cb.lib.api, &c, C.size_t(unsafe.Sizeof(c))) // sets struct_size
 	c.device = C.int32_t(p.Device)
 	c.max_seqs = C.uint32_t(p.MaxSeqs)
 	c.max_tokens = C.uint64_t(p.MaxTokens)

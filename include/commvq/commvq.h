@@ -209,7 +209,19 @@ typedef struct commvq_cache_params {
                                by group), v all of the model's KV heads; CPU caches only. */
 } commvq_cache_params_t;
 
+/* Fills the defaults into the first min(size, sizeof) bytes of *params and
+ * sets struct_size to that. Pass sizeof *params, as the macro
+ * commvq_cache_params_init(params) does: a program built against this header
+ * then never has more written than its struct holds, whatever the
+ * library's version. Since 0.4.0. */
+COMMVQ_API void commvq_cache_params_init_size(commvq_cache_params_t* params, size_t size);
+/* The function programs built before 0.4.0 call: it fills the struct as it
+ * was until then (up to n_threads) and no more. New code reaches
+ * commvq_cache_params_init_size through the macro below; a binding that
+ * loads symbols by name calls commvq_cache_params_init_size with its
+ * struct's size. */
 COMMVQ_API void commvq_cache_params_init(commvq_cache_params_t* params);
+#define commvq_cache_params_init(params) commvq_cache_params_init_size((params), sizeof *(params))
 
 /* Creates a cache for the model the codebook describes. The cache keeps its
  * own copy of what it needs of the codebook; cb may be freed afterwards. All

@@ -1,6 +1,8 @@
 // The cache functions of the C API: argument checks that need the C view
 // (NULL pointers, struct sizes), then the cache (cache.h).
+#include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <stdexcept>
@@ -13,6 +15,13 @@ using commvq::capi::guard;
 using commvq::capi::require_arg;
 
 namespace {
+
+// sizeof(commvq_cache_params_t) up to 0.3.x: the struct ended at n_threads.
+constexpr size_t kCacheParamsAlign = alignof(commvq_cache_params_t);
+constexpr size_t kCacheParamsSize0_3 =
+    (offsetof(commvq_cache_params_t, n_threads) + sizeof(uint32_t) + kCacheParamsAlign - 1) / kCacheParamsAlign *
+    kCacheParamsAlign;
+static_assert(kCacheParamsSize0_3 <= sizeof(commvq_cache_params_t), "the 0.3 struct is a prefix");
 
 // What commvq_cache_create could not allocate: the sizes that decide the
 // memory it takes at create time (a wrapped negative number from a binding
@@ -35,20 +44,37 @@ std::string create_failure_message(const char* fn, const commvq_codebook_t* cb, 
 
 extern "C" {
 
+// The header's commvq_cache_params_init is a macro over the sized form;
+// this file defines the function of that name for programs built before it.
+#undef commvq_cache_params_init
+
+COMMVQ_API void commvq_cache_params_init_size(commvq_cache_params_t* params, size_t size) {
+    if (!params || size < sizeof(uint32_t)) return;
+    commvq_cache_params_t d;
+    std::memset(&d, 0, sizeof d);
+    d.device = COMMVQ_DEVICE_CPU;
+    d.max_seqs = 1;
+    d.max_tokens = 65536;
+    d.block_tokens = 64;
+    d.window = 128;
+    d.sink_tokens = 0;
+    d.io_dtype = COMMVQ_DTYPE_F32;
+    d.key_convention = COMMVQ_KEYS_PRE_ROPE;
+    d.attn_scale = 0.0f;
+    d.n_threads = 0;
+    d.kv_head_begin = 0;
+    d.kv_head_count = 0;
+    // Only the caller's bytes are written: a struct from an older header is
+    // shorter than ours.
+    const size_t n = std::min(size, sizeof d);
+    d.struct_size = uint32_t(n);
+    std::memcpy(params, &d, n);
+}
+
+// Programs built before 0.4.0 call this with the struct they knew, which
+// ended at n_threads: no more than that is written.
 COMMVQ_API void commvq_cache_params_init(commvq_cache_params_t* params) {
-    if (!params) return;
-    std::memset(params, 0, sizeof *params);
-    params->struct_size = sizeof *params;
-    params->device = COMMVQ_DEVICE_CPU;
-    params->max_seqs = 1;
-    params->max_tokens = 65536;
-    params->block_tokens = 64;
-    params->window = 128;
-    params->sink_tokens = 0;
-    params->io_dtype = COMMVQ_DTYPE_F32;
-    params->key_convention = COMMVQ_KEYS_PRE_ROPE;
-    params->attn_scale = 0.0f;
-    params->n_threads = 0;
+    commvq_cache_params_init_size(params, kCacheParamsSize0_3);
 }
 
 COMMVQ_API commvq_status_t commvq_cache_create(const commvq_codebook_t* cb,
@@ -59,7 +85,7 @@ COMMVQ_API commvq_status_t commvq_cache_create(const commvq_codebook_t* cb,
         require_arg(cb, fn, "cb");
         require_arg(out, fn, "out");
         commvq_cache_params_t defaults;
-        commvq_cache_params_init(&defaults);
+        commvq_cache_params_init_size(&defaults, sizeof defaults);
         commvq_cache_params_t p = commvq::capi::read_params(params, defaults, fn, "params");
         // A struct from before 0.4.0 ends at n_threads; its size may count
         // the padding where kv_head_begin now sits: both new fields take

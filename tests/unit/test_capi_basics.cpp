@@ -112,11 +112,46 @@ TEST_CASE("C API: init functions, NULL-tolerant destroy and free") {
     commvq_codebook_info_init(&i);
     CHECK(i.struct_size == sizeof i);
     CHECK(i.n_layers == 0);
-    commvq_cache_params_init(nullptr);
+    (commvq_cache_params_init)(nullptr);  // the function itself, not the header's macro
+    commvq_cache_params_init_size(nullptr, sizeof p);
     commvq_cache_stats_init(nullptr);
     commvq_codebook_info_init(nullptr);
     commvq_cache_destroy(nullptr);
     commvq_codebook_free(nullptr);
+}
+
+TEST_CASE("C API: cache params init writes no more than the caller's struct holds") {
+    // A program built before 0.4.0 calls the function commvq_cache_params_init
+    // with the struct it knew, which ended at n_threads: nothing after it is
+    // written, and struct_size says how far the struct goes.
+    const size_t old_size = (offsetof(commvq_cache_params_t, n_threads) + 4 + alignof(commvq_cache_params_t) - 1) /
+                            alignof(commvq_cache_params_t) * alignof(commvq_cache_params_t);
+    REQUIRE(old_size < sizeof(commvq_cache_params_t));
+    unsigned char buf[sizeof(commvq_cache_params_t) + 16];
+    std::memset(buf, 0xAB, sizeof buf);
+    auto* p = reinterpret_cast<commvq_cache_params_t*>(buf);
+    (commvq_cache_params_init)(p);
+    CHECK(p->struct_size == old_size);
+    CHECK(p->window == 128);
+    CHECK(p->n_threads == 0);
+    for (size_t i = old_size; i < sizeof buf; ++i) CHECK(buf[i] == 0xAB);
+    // The sized form writes min(size, sizeof) bytes; the header's macro passes sizeof.
+    std::memset(buf, 0xAB, sizeof buf);
+    commvq_cache_params_init_size(p, 8);
+    CHECK(p->struct_size == 8);
+    CHECK(p->device == COMMVQ_DEVICE_CPU);
+    for (size_t i = 8; i < sizeof buf; ++i) CHECK(buf[i] == 0xAB);
+    std::memset(buf, 0xAB, sizeof buf);
+    commvq_cache_params_init_size(p, sizeof buf);
+    CHECK(p->struct_size == sizeof(commvq_cache_params_t));
+    CHECK(p->kv_head_count == 0);
+    for (size_t i = sizeof(commvq_cache_params_t); i < sizeof buf; ++i) CHECK(buf[i] == 0xAB);
+    commvq_cache_params_t q;
+    std::memset(&q, 0xAB, sizeof q);
+    commvq_cache_params_init(&q);  // the macro
+    CHECK(q.struct_size == sizeof q);
+    CHECK(q.kv_head_begin == 0);
+    CHECK(q.kv_head_count == 0);
 }
 
 TEST_CASE("C API: struct_size: older, shorter structs are read and written only as far as they go") {

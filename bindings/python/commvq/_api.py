@@ -184,6 +184,7 @@ FUNCTIONS = (
      (CodebookPtr, c_uint32, c_uint32, POINTER(c_float), POINTER(c_uint16), POINTER(c_float))),
     ("commvq_codebook_reconstruct", Status,
      (CodebookPtr, c_uint32, c_uint32, POINTER(c_float), POINTER(c_float), POINTER(c_float), POINTER(c_float))),
+    ("commvq_cache_params_init_size", None, (POINTER(CacheParams), c_size_t)),
     ("commvq_cache_params_init", None, (POINTER(CacheParams),)),
     ("commvq_cache_create", Status, (CodebookPtr, POINTER(CacheParams), POINTER(CachePtr))),
     ("commvq_cache_destroy", None, (CachePtr,)),

@@ -42,7 +42,7 @@ class Cache:
     def __init__(self, codebook: Codebook, **params: Any) -> None:
         self._lib = _api.library()
         p = _api.CacheParams()
-        self._lib.commvq_cache_params_init(ctypes.byref(p))
+        self._lib.commvq_cache_params_init_size(ctypes.byref(p), ctypes.sizeof(p))
         for name, value in params.items():
             _set_field(p, name, value)
         handle = _api.CachePtr()

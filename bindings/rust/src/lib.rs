@@ -109,7 +109,9 @@ impl Library {
     /// Cache settings at the library's defaults; setters chain.
     pub fn cache_params(&self) -> CacheParams {
         let mut params = sys::commvq_cache_params_t::default();
-        unsafe { (self.api.commvq_cache_params_init)(&mut params) };
+        unsafe {
+            (self.api.commvq_cache_params_init_size)(&mut params, std::mem::size_of::<sys::commvq_cache_params_t>())
+        };
         CacheParams::from_defaults(params)
     }
 

@@ -203,6 +203,7 @@ declare_api! {
                                    codes: *mut u16, scales: *mut f32) -> commvq_status_t;
     fn commvq_codebook_reconstruct(cb: *const commvq_codebook_t, layer: u32, n_tokens: u32, k: *const f32,
                                    v: *const f32, k_out: *mut f32, v_out: *mut f32) -> commvq_status_t;
+    fn commvq_cache_params_init_size(params: *mut commvq_cache_params_t, size: usize);
     fn commvq_cache_params_init(params: *mut commvq_cache_params_t);
     fn commvq_cache_create(cb: *const commvq_codebook_t, params: *const commvq_cache_params_t,
                            out: *mut *mut commvq_cache_t) -> commvq_status_t;
