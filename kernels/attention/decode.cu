@@ -264,6 +264,11 @@ KernelFn kernel_tiles(uint32_t mpw, uint32_t npw) {
         case 2: return attend_kernel<HEAD_DIM, G, 2, 2>;
         case 4: return attend_kernel<HEAD_DIM, G, 4, 2>;
         }
+    } else if (npw == 4) {
+        switch (mpw) {
+        case 1: return attend_kernel<HEAD_DIM, G, 1, 4>;
+        case 2: return attend_kernel<HEAD_DIM, G, 2, 4>;
+        }
     }
     return nullptr;
 }
@@ -287,12 +292,17 @@ KernelFn kernel_for(const ModelShape& m, const AttendPlan& plan) {
 }
 
 // Value tiles per warp for a cluster of k KV heads: every 16-bit x 8-head
-// tile of the CTA's slice covered by at most kWarps warps.
+// tile of the CTA's slice covered by at most kWarps warps. A warp's NPW
+// head tiles share each expanded bit tile (value_mma.cuh).
+// COMMVQ_CUDA_ATTEND_NPW (1, 2 or 4; default 2) sets NPW (for measurements).
 bool choose_tiles(const ModelShape& m, uint32_t k, AttendPlan* plan) {
     const uint32_t G = m.n_q_heads / m.n_kv_heads;
     if (m.value_code_bits % (32 * k)) return false;
     const uint32_t m_tiles = m.value_code_bits / k / 16, n_tiles = align_up(k * G, 8) / 8;
-    const uint32_t npw = std::min<uint32_t>(n_tiles, 2);
+    uint32_t widest = 2;
+    if (const char* forced = std::getenv("COMMVQ_CUDA_ATTEND_NPW")) widest = std::max(1, std::atoi(forced));
+    uint32_t npw = 1;
+    while (npw * 2 <= std::min(n_tiles, widest) && n_tiles % (npw * 2) == 0) npw *= 2;
     uint32_t mpw = 1;
     while (mpw < m_tiles && (m_tiles / mpw) * (n_tiles / npw) > uint32_t(kWarps)) mpw *= 2;
     if (m_tiles % mpw || (m_tiles / mpw) * (n_tiles / npw) > uint32_t(kWarps)) return false;
