@@ -219,6 +219,10 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
                 std::to_string(cb.head_dim) + ", " + std::to_string(cb.n_q_heads) + " query and " +
                 std::to_string(cb.n_kv_heads) + " KV heads, " + std::to_string(cb.sub_centers) + " sub-centers, " +
                 std::to_string(cb.value_code_bits()) + " value code bits");
+    // The value encoder reads its hidden layer four floats at a time.
+    require(cb.value_hidden % 4 == 0, COMMVQ_ERR_NOT_SUPPORTED,
+            "commvq_cache_create: the CUDA back end supports value encoder widths in multiples of 4; this codebook's "
+            "is " + std::to_string(cb.value_hidden));
 
     const uint32_t L = cb.n_layers, H = cb.n_kv_heads, R = cb.key_stages, C = cb.sub_centers, d = cb.head_dim;
     const uint32_t D = cb.value_dim(), I = cb.value_hidden, n2 = cb.value_code_bits();
