@@ -73,11 +73,93 @@ def card_full(lib):
         print(f"| {name} | {b} | {t:.0f} | {b * CTX / t * 1e6:.3g} | {b * CTX / t / base:.2f}x |", flush=True)
 
 
+# Encoding variants, all timed by one build in one process: the value
+# products' precision (cuda::ValuePrecision, COMMVQ_CUDA_VALUE_PRODUCTS) and
+# the tokens per encoder pass of an append (COMMVQ_CUDA_ENCODE_BATCH); the
+# library reads both when a cache is created.
+PRECISIONS = {"fp32": 0, "tf32": 1, "bf16": 2}
+ENCODE_TOKENS = 32768  # tokens per timed encoder call and per timed append
+
+
+def variants():
+    products = os.environ.get("BENCH_VALUE_PRODUCTS", "fp32,tf32,bf16").split(",")
+    batches = [int(b) for b in os.environ.get("BENCH_ENCODE_BATCHES", "1024,8192").split(",")]
+    return products, batches
+
+
+def mark(value, target, more_is_better=True):
+    if value != value or target is None:
+        return ""
+    return "yes" if (value >= target if more_is_better else value < target) else "no"
+
+
+def encode_table(lib):
+    """Encoding throughput per layer next to the targets of issue 12 (H200):
+    keys >= 20M tokens/s (1 bit) and >= 10M (2 bits), values >= 20M (1 bit,
+    default precision), a whole append >= 8.4M (the prompt target, 0.5 s for
+    128K tokens x 32 layers)."""
+    products, batches = variants()
+    out = (ctypes.c_double * 3)()
+    print("\n| figure | bits | variant | tokens/s per layer | target | met | value bits changed vs fp32 | weight rel. diff vs fp32 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    key_target = {1: 20e6, 2: 10e6}
+    for bits in (1, 2):
+        r = out[0] if lib.cvq_bench_encode_keys(bits, ENCODE_TOKENS, out) == 0 else float("nan")
+        print(f"| key encoding | {bits} | pruned 3xTF32 search | {r / 1e6:.2f}M | >= {key_target[bits] / 1e6:.0f}M | "
+              f"{mark(r, key_target[bits])} | | |", flush=True)
+    for bits in (1, 2):
+        for name in products:
+            if lib.cvq_bench_encode_values(bits, ENCODE_TOKENS, PRECISIONS[name], out) != 0:
+                print(f"| value encoding | {bits} | {name} products | failed | | | | |", flush=True)
+                continue
+            target = 20e6 if bits == 1 else None
+            print(f"| value encoding | {bits} | {name} products | {out[0] / 1e6:.2f}M | "
+                  f"{'>= 20M' if target else 'none set'} | {mark(out[0], target)} | {out[1] * 100:.4f}% "
+                  f"(allowance 0.1%) | {out[2]:.2e} |", flush=True)
+    for bits in (1, 2):
+        for name in products:
+            for batch in batches:
+                os.environ["COMMVQ_CUDA_VALUE_PRODUCTS"] = name
+                os.environ["COMMVQ_CUDA_ENCODE_BATCH"] = str(batch)
+                r = out[0] if lib.cvq_bench_append(bits, ENCODE_TOKENS, out) == 0 else float("nan")
+                target = 8.4e6 if bits == 1 else None
+                print(f"| whole append (commvq_cache_append, {ENCODE_TOKENS} tokens) | {bits} | {name} products, "
+                      f"batch {batch} | {r / 1e6:.2f}M | {'>= 8.4M' if target else 'none set'} | {mark(r, target)} | | |",
+                      flush=True)
+    os.environ.pop("COMMVQ_CUDA_VALUE_PRODUCTS", None)
+    os.environ.pop("COMMVQ_CUDA_ENCODE_BATCH", None)
+
+
+PROMPT = "128K-token prompt, 32 layers, 1 bit, commvq_cache_append"
+
+
+def prompt_table(lib):
+    """A 128K-token prompt through commvq_cache_append for 32 layers, 1 bit,
+    appended in 32K-token chunks (every layer in turn), for each variant."""
+    products, batches = variants()
+    out = (ctypes.c_double * 4)()
+    print("\n| figure | value products | encoding batch | seconds | target | met | compressed blocks | window | reserved at creation |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in products:
+        for batch in batches:
+            os.environ["COMMVQ_CUDA_VALUE_PRODUCTS"] = name
+            os.environ["COMMVQ_CUDA_ENCODE_BATCH"] = str(batch)
+            if lib.cvq_bench_prompt(131072, 32, out) != 0:
+                print(f"| {PROMPT} | {name} | {batch} | failed | | | | | |", flush=True)
+                continue
+            print(f"| {PROMPT} | {name} | {batch} | {out[0]:.3f} | < 0.5 s | {mark(out[0], 0.5, False)} | "
+                  f"{out[1] / 1e9:.3f} GB | {out[2] / 1e6:.1f} MB | {out[3] / 1e9:.3f} GB |", flush=True)
+    os.environ.pop("COMMVQ_CUDA_VALUE_PRODUCTS", None)
+    os.environ.pop("COMMVQ_CUDA_ENCODE_BATCH", None)
+
+
 def main():
     lib = ctypes.CDLL(sys.argv[1])
     lib.cvq_bench_decode.restype = ctypes.c_double
     lib.cvq_bench_decode.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32]
-    lib.cvq_bench_encode.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double)]
+    lib.cvq_bench_encode_keys.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double)]
+    lib.cvq_bench_encode_values.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int32, ctypes.POINTER(ctypes.c_double)]
+    lib.cvq_bench_append.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double)]
     lib.cvq_bench_prompt.argtypes = [ctypes.c_uint64, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double)]
     only = set(sys.argv[2:])
 
@@ -101,26 +183,9 @@ def main():
     if not only or "full" in only:
         card_full(lib)
     if not only or "encode" in only:
-        out = (ctypes.c_double * 5)()
-        print("\n| bits | key encoding (tok/s/layer) | value encoding fp32 | value encoding tf32 | whole append fp32 | value bits tf32 changes |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for bits in (1, 2):
-            if lib.cvq_bench_encode(bits, 32768, out) != 0:
-                print(f"| {bits} | failed |")
-                continue
-            print(f"| {bits} | {out[0] / 1e6:.2f}M | {out[1] / 1e6:.2f}M | {out[2] / 1e6:.2f}M | {out[3] / 1e6:.2f}M | {out[4] * 100:.3f}% |", flush=True)
+        encode_table(lib)
     if not only or "prompt" in only:
-        out = (ctypes.c_double * 4)()
-        for tf32 in ("0", "1"):
-            os.environ["COMMVQ_CUDA_TF32"] = tf32  # read when a cache is created
-            if lib.cvq_bench_prompt(131072, 32, out) != 0:
-                continue
-            print(f"\n128K-token prompt, 32 layers, 1-bit, value products {'tf32' if tf32 == '1' else 'fp32'}: "
-                  f"encoded in {out[0]:.3f} s (target < 0.5 s)")
-            print(f"device memory: compressed blocks {out[1] / 1e9:.3f} GB ({out[1] / 2**30:.3f} GiB), window "
-                  f"{out[2] / 1e6:.1f} MB, together {(out[1] + out[2]) / 1e9:.3f} GB (target <= 1.15 GB); "
-                  f"everything reserved at creation incl. codebooks and scratch {out[3] / 1e9:.3f} GB")
-
+        prompt_table(lib)
 
 if __name__ == "__main__":
     main()

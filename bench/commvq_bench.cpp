@@ -10,7 +10,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -165,104 +167,166 @@ __attribute__((visibility("default"))) double cvq_bench_decode(uint32_t bits, ui
     return median(times);
 }
 
-// Encoding throughput of one layer, tokens per second: out[0] keys,
-// out[1] values with fp32 products, out[2] values with tf32 products,
-// out[3] a whole append (both encoders, packing, window) with fp32 products,
-// out[4] the fraction of value code bits that tf32 products change.
-__attribute__((visibility("default"))) int cvq_bench_encode(uint32_t bits, uint32_t n, double* out) {
-    const Codebook& cb = llama_codebook(bits, 1);
-    const cuda::ModelShape m = cuda::model_shape(cb);
-    auto upload = [](const std::vector<float>& h) {
-        float* d = nullptr;
-        cudaMalloc(&d, h.size() * 4);
-        cudaMemcpy(d, h.data(), h.size() * 4, cudaMemcpyHostToDevice);
-        return d;
-    };
-    std::vector<float*> owned;
-    auto up = [&](const std::vector<float>& h) { owned.push_back(upload(h)); return owned.back(); };
-    const LayerCodebook& lc = cb.layers[0];
-    std::vector<float> row_min(cb.norms[0].size());
-    cuda::key_cross_row_minima(cb.cross[0].data(), row_min.size(), cb.sub_centers, row_min.data());
-    cuda::KeyTables kt{up(lc.keys.sub_centers), up(cb.cross[0]), up(cb.norms[0]), up(row_min)};
-    const ValueCodebook& vc = lc.values;
-    cuda::ValueTables vt{up(vc.lambda), up(vc.norm_weight), up(vc.norm_bias), up(vc.enc1_weight),
-                         up(vc.enc1_bias), up(vc.enc2_weight), up(vc.enc2_bias), up(vc.codebook)};
-    std::vector<double> freq = rope_frequencies(cb.rope, cb.head_dim);
-    double* dfreq = nullptr;
-    BENCH_CUDA(cudaMalloc(&dfreq, freq.size() * 8));
-    BENCH_CUDA(cudaMemcpy(dfreq, freq.data(), freq.size() * 8, cudaMemcpyHostToDevice));
-    const size_t D = cb.value_dim();
-    DeviceRows k(size_t(n) * D, 2.0, 5), v(size_t(n) * D, 1.0, 6);
-    float *t, *scales, *scratch, *weights;
-    uint16_t* codes;
-    uint8_t* vbits;
-    BENCH_CUDA(cudaMalloc(&t, size_t(n) * D * 4));
-    BENCH_CUDA(cudaMalloc(&scales, size_t(n) * 4 * cb.n_key_scales()));
-    BENCH_CUDA(cudaMalloc(&codes, size_t(n) * cb.n_kv_heads * cb.key_stages * 2));
-    BENCH_CUDA(cudaMalloc(&scratch, cuda::value_encoder_scratch_floats(m, n) * 4));
-    BENCH_CUDA(cudaMalloc(&weights, size_t(n) * 4));
-    BENCH_CUDA(cudaMalloc(&vbits, size_t(n) * cb.value_code_bits() / 8));
-    cublasHandle_t h;
-    cublasCreate(&h);
+}  // extern "C"
+
+namespace {
+
+// One layer's encoder tables on the device and n random bf16 tokens, for
+// timing the encoders' launchers directly (no cache around them).
+struct EncoderBench {
+    const Codebook& cb;
+    uint32_t n;
+    cuda::ModelShape m;
+    std::vector<void*> owned;
+    cuda::KeyTables kt;
+    cuda::ValueTables vt;
+    double* freq = nullptr;
+    DeviceRows k, v;
     cuda::EncodeSource src;
-    src.slots.half_bytes = uint32_t(D * 2);
-    src.slots.io_dtype = COMMVQ_DTYPE_BF16;
-    src.input_k = k.ptr;
-    src.input_v = v.ptr;
-    cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    auto time = [&](auto&& work) {
+    cudaEvent_t a = nullptr, b = nullptr;
+
+    template <class T = float>
+    T* device(size_t count, const void* host = nullptr) {
+        void* d = nullptr;
+        if (cudaMalloc(&d, std::max<size_t>(count, 1) * sizeof(T)) != cudaSuccess) return nullptr;
+        owned.push_back(d);
+        if (host) cudaMemcpy(d, host, count * sizeof(T), cudaMemcpyHostToDevice);
+        return static_cast<T*>(d);
+    }
+    const float* up(const std::vector<float>& h) { return device(h.size(), h.data()); }
+
+    EncoderBench(uint32_t bits, uint32_t n_tokens)
+        : cb(llama_codebook(bits, 1)), n(n_tokens), m(cuda::model_shape(cb)),
+          k(size_t(n_tokens) * cb.value_dim(), 2.0, 5), v(size_t(n_tokens) * cb.value_dim(), 1.0, 6) {
+        const LayerCodebook& lc = cb.layers[0];
+        std::vector<float> row_min(cb.norms[0].size());
+        cuda::key_cross_row_minima(cb.cross[0].data(), row_min.size(), cb.sub_centers, row_min.data());
+        kt = cuda::KeyTables{up(lc.keys.sub_centers), up(cb.cross[0]), up(cb.norms[0]), up(row_min)};
+        std::array<const float*, 8> arrays;
+        for (size_t i = 0; i < 8; ++i) arrays[i] = up(*cuda::value_arrays(lc.values)[i]);
+        vt = cuda::value_tables_at(arrays);
+        cuda::launch_value_tables_low_precision(m, &vt, device<uint16_t>(cuda::value_tables_low_precision_elems(m)),
+                                                nullptr);
+        const std::vector<double> f = rope_frequencies(cb.rope, cb.head_dim);
+        freq = device<double>(f.size(), f.data());
+        src.slots.half_bytes = uint32_t(cb.value_dim() * 2);
+        src.slots.io_dtype = COMMVQ_DTYPE_BF16;
+        src.input_k = k.ptr;
+        src.input_v = v.ptr;
+        cudaEventCreate(&a);
+        cudaEventCreate(&b);
+    }
+    ~EncoderBench() {
+        cudaDeviceSynchronize();
+        for (void* p : owned) cudaFree(p);
+        cudaEventDestroy(a);
+        cudaEventDestroy(b);
+    }
+    // Tokens per second of `work` (all n tokens): median of 5 after a warm-up.
+    template <class Work>
+    double rate(Work&& work) {
         std::vector<double> ts;
         for (int i = 0; i < 6; ++i) {
             cudaEventRecord(a);
-            work();
+            if (work() != 0) return -1;
             cudaEventRecord(b);
-            cudaEventSynchronize(b);
+            if (cudaEventSynchronize(b) != cudaSuccess) return -1;
             float ms = 0;
             cudaEventElapsedTime(&ms, a, b);
             if (i > 0) ts.push_back(ms / 1000.0);
         }
         return n / median(ts);
-    };
-    out[0] = time([&] {
-        cuda::launch_prepare_keys(m, src, n, dfreq, t, scales, nullptr);
-        cuda::launch_encode_keys(m, kt, n, t, codes, nullptr);
-    });
-    const size_t n_bytes = size_t(n) * cb.value_code_bits() / 8;
-    std::vector<uint8_t> bits_fp32(n_bytes), bits_tf32(n_bytes);
-    out[1] = time([&] { cuda::launch_encode_values(m, vt, src, n, h, false, scratch, vbits, weights, nullptr); });
-    BENCH_CUDA(cudaMemcpy(bits_fp32.data(), vbits, n_bytes, cudaMemcpyDeviceToHost));
-    out[2] = time([&] { cuda::launch_encode_values(m, vt, src, n, h, true, scratch, vbits, weights, nullptr); });
-    BENCH_CUDA(cudaMemcpy(bits_tf32.data(), vbits, n_bytes, cudaMemcpyDeviceToHost));
-    size_t differ = 0;
-    for (size_t i = 0; i < n_bytes; ++i) differ += __builtin_popcount(unsigned(bits_fp32[i] ^ bits_tf32[i]));
-    out[4] = double(differ) / (8.0 * n_bytes);
-    BENCH_CUDA(cudaDeviceSynchronize());
-    cublasDestroy(h);
-    for (float* p : owned) cudaFree(p);
-    for (void* p : {(void*)t, (void*)scales, (void*)scratch, (void*)weights, (void*)codes, (void*)vbits, (void*)dfreq})
-        cudaFree(p);
+    }
+};
 
-    // A whole append into a cache without a window: every token is encoded.
+}  // namespace
+
+extern "C" {
+
+// Key encoding of one layer (key preparation and the pruned search),
+// tokens per second: out[0]. Returns < 0 on failure.
+__attribute__((visibility("default"))) int cvq_bench_encode_keys(uint32_t bits, uint32_t n, double* out) {
+    EncoderBench e(bits, n);
+    const size_t D = e.cb.value_dim();
+    float* t = e.device(size_t(n) * D);
+    float* scales = e.device(size_t(n) * e.cb.n_key_scales());
+    uint16_t* codes = e.device<uint16_t>(size_t(n) * e.cb.n_kv_heads * e.cb.key_stages);
+    if (!t || !scales || !codes) return -1;
+    out[0] = e.rate([&] {
+        const int err = cuda::launch_prepare_keys(e.m, e.src, n, e.freq, t, scales, nullptr);
+        return err ? err : cuda::launch_encode_keys(e.m, e.kt, n, t, codes, nullptr);
+    });
+    return out[0] > 0 ? 0 : -1;
+}
+
+// Value encoding of one layer with products of `precision`
+// (cuda::ValuePrecision: 0 fp32, 1 tf32, 2 bf16), n tokens in one pass:
+// out[0] tokens per second, out[1] the fraction of code bits that differ
+// from the fp32 products' on the same tokens, out[2] the largest relative
+// difference of a weight from fp32's among tokens whose bits are equal.
+__attribute__((visibility("default"))) int cvq_bench_encode_values(uint32_t bits, uint32_t n, int32_t precision,
+                                                                   double* out) {
+    EncoderBench e(bits, n);
+    float* scratch = e.device(cuda::value_encoder_scratch_floats(e.m, n));
+    float* weights = e.device(n);
+    const size_t code_bytes = e.cb.value_code_bits() / 8, n_bytes = size_t(n) * code_bytes;
+    uint8_t* vbits = e.device<uint8_t>(n_bytes);
+    if (!scratch || !weights || !vbits) return -1;
+    cublasHandle_t h;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return -1;
+    std::unique_ptr<cublasContext, cublasStatus_t (*)(cublasHandle_t)> guard(h, cublasDestroy);
+    auto encode = [&](cuda::ValuePrecision p) {
+        return cuda::launch_encode_values(e.m, e.vt, e.src, n, h, p, scratch, vbits, weights, nullptr);
+    };
+    std::vector<uint8_t> ref_bits(n_bytes), got_bits(n_bytes);
+    std::vector<float> ref_w(n), got_w(n);
+    BENCH_CUDA(cudaError_t(encode(cuda::ValuePrecision::fp32)));
+    BENCH_CUDA(cudaMemcpy(ref_bits.data(), vbits, n_bytes, cudaMemcpyDeviceToHost));
+    BENCH_CUDA(cudaMemcpy(ref_w.data(), weights, size_t(n) * 4, cudaMemcpyDeviceToHost));
+    const cuda::ValuePrecision p = cuda::ValuePrecision(precision);
+    out[0] = e.rate([&] { return encode(p); });
+    if (out[0] <= 0) return -1;
+    BENCH_CUDA(cudaMemcpy(got_bits.data(), vbits, n_bytes, cudaMemcpyDeviceToHost));
+    BENCH_CUDA(cudaMemcpy(got_w.data(), weights, size_t(n) * 4, cudaMemcpyDeviceToHost));
+    size_t differ = 0;
+    double worst_w = 0;
+    for (uint32_t t = 0; t < n; ++t) {
+        size_t d = 0;
+        for (size_t i = t * code_bytes; i < (t + 1) * code_bytes; ++i)
+            d += __builtin_popcount(unsigned(ref_bits[i] ^ got_bits[i]));
+        differ += d;
+        if (d == 0) worst_w = std::max(worst_w, std::fabs(double(got_w[t]) - ref_w[t]) / std::fabs(double(ref_w[t])));
+    }
+    out[1] = double(differ) / (8.0 * n_bytes);
+    out[2] = worst_w;
+    return 0;
+}
+
+// A whole append of n tokens through commvq_cache_append into a one-layer
+// cache without a window (every token encoded: key and value encoders,
+// packing into blocks), tokens per second: out[0]. The value products and
+// the encoding batch are the environment's (COMMVQ_CUDA_VALUE_PRODUCTS,
+// COMMVQ_CUDA_ENCODE_BATCH), read when the cache is created.
+__attribute__((visibility("default"))) int cvq_bench_append(uint32_t bits, uint32_t n, double* out) {
+    const Codebook& cb = llama_codebook(bits, 1);
+    const size_t D = cb.value_dim();
+    DeviceRows k(size_t(n) * D, 2.0, 5), v(size_t(n) * D, 1.0, 6);
     commvq_codebook_t handle{cb};
     commvq_cache_t* c = nullptr;
     commvq_cache_params_t p = params(1, n + 64);
     p.window = 0;
     BENCH_OK(commvq_cache_create(&handle, &p, &c));
+    std::unique_ptr<commvq_cache_t, void (*)(commvq_cache_t*)> guard(c, commvq_cache_destroy);
     std::vector<double> ts;
     for (int i = 0; i < 4; ++i) {
         commvq_cache_seq_clear(c, 0);
-        cudaDeviceSynchronize();
+        BENCH_CUDA(cudaDeviceSynchronize());
         const auto t0 = std::chrono::steady_clock::now();
         BENCH_OK(commvq_cache_append(c, 0, 0, n, k.ptr, v.ptr));
         BENCH_OK(commvq_cache_synchronize(c));
         if (i > 0) ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-    out[3] = n / median(ts);
-    commvq_cache_destroy(c);
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
+    out[0] = n / median(ts);
     return 0;
 }
 

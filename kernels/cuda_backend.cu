@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -29,8 +30,12 @@ namespace commvq {
 namespace {
 
 constexpr double kTwoPi = 6.283185307179586476925286766559;
-// Tokens encoded per batch of kernels and cuBLAS products.
+// Tokens encoded per batch of kernels and cuBLAS products, unless
+// COMMVQ_CUDA_ENCODE_BATCH says otherwise when the cache is created (the
+// encoding scratch grows with it: about 25 KB per token at 1 bit and 8 KV
+// heads of 128). Larger batches fill the GPU better on long prompts.
 constexpr uint32_t kEncodeBatch = 1024;
+constexpr uint32_t kMaxEncodeBatch = 65536;
 // cuBLAS workspace, set once so products never allocate (graph capture).
 constexpr size_t kCublasWorkspace = size_t(32) << 20;
 
@@ -155,7 +160,8 @@ private:
     const Codebook& cb_;
     BackendConfig config_;
     int device_;
-    bool tf32_ = false;
+    cuda::ValuePrecision value_precision_ = cuda::kDefaultValuePrecision;
+    uint32_t encode_batch_ = kEncodeBatch;
     cudaStream_t stream_ = nullptr;
     cublasHandle_t cublas_ = nullptr;
     cuda::ModelShape shape_;
@@ -169,6 +175,7 @@ private:
     // Device memory.
     DeviceBuffer pool_, slots_, tables_, states_;
     DeviceBuffer key_half_, key_centers_, key_cross_, key_norms_, key_row_min_, rope_freq_, value_tables_;
+    DeviceBuffer value_tables_bf16_;  // launch_value_tables_low_precision, per layer; only for tf32/bf16 products
     DeviceBuffer enc_t_, enc_scales_, enc_codes_, enc_bits_, enc_weights_, enc_scratch_, stage_k_, stage_v_;
     DeviceBuffer q_in_, partials_, out_stage_, lse_stage_, cublas_workspace_;
     std::vector<size_t> value_offsets_;  // per layer, 8 arrays each, in floats
@@ -188,8 +195,22 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
             "commvq_cache_create: CUDA device " + std::to_string(device) + " asked for, but " +
                 std::to_string(n_devices) + " usable CUDA device(s) are present");
     DeviceScope scope(device_);
+    // The value products' precision and the encoding batch: environment
+    // variables read here, so one process can time every variant.
     const char* tf32 = std::getenv("COMMVQ_CUDA_TF32");
-    tf32_ = tf32 && tf32[0] == '1';
+    if (tf32 && tf32[0] == '1') value_precision_ = cuda::ValuePrecision::tf32;
+    if (const char* products = std::getenv("COMMVQ_CUDA_VALUE_PRODUCTS"); products && products[0])
+        require(cuda::parse_value_precision(products, &value_precision_), COMMVQ_ERR_INVALID_ARGUMENT,
+                std::string("commvq_cache_create: COMMVQ_CUDA_VALUE_PRODUCTS is \"") + products +
+                    "\"; it must be fp32, tf32 or bf16");
+    if (const char* batch = std::getenv("COMMVQ_CUDA_ENCODE_BATCH"); batch && batch[0]) {
+        char* end = nullptr;
+        const unsigned long b = std::strtoul(batch, &end, 10);
+        require(*end == 0 && b >= 1 && b <= kMaxEncodeBatch, COMMVQ_ERR_INVALID_ARGUMENT,
+                std::string("commvq_cache_create: COMMVQ_CUDA_ENCODE_BATCH is \"") + batch +
+                    "\"; it must be a token count from 1 to " + std::to_string(kMaxEncodeBatch));
+        encode_batch_ = uint32_t(b);
+    }
 
     shape_ = cuda::model_shape(cb);
     require(cuda::attend_supported(shape_), COMMVQ_ERR_NOT_SUPPORTED,
@@ -198,6 +219,10 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
                 std::to_string(cb.head_dim) + ", " + std::to_string(cb.n_q_heads) + " query and " +
                 std::to_string(cb.n_kv_heads) + " KV heads, " + std::to_string(cb.sub_centers) + " sub-centers, " +
                 std::to_string(cb.value_code_bits()) + " value code bits");
+    // The value encoder reads its hidden layer four floats at a time.
+    require(cb.value_hidden % 4 == 0, COMMVQ_ERR_NOT_SUPPORTED,
+            "commvq_cache_create: the CUDA back end supports value encoder widths in multiples of 4; this codebook's "
+            "is " + std::to_string(cb.value_hidden));
 
     const uint32_t L = cb.n_layers, H = cb.n_kv_heads, R = cb.key_stages, C = cb.sub_centers, d = cb.head_dim;
     const uint32_t D = cb.value_dim(), I = cb.value_hidden, n2 = cb.value_code_bits();
@@ -244,17 +269,26 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
     for (uint32_t l = 0; l < L; ++l) {
         const ValueCodebook& vc = cb.layers[l].values;
         size_t at = per_layer * l;
-        for (const std::vector<float>* a : {&vc.lambda, &vc.norm_weight, &vc.norm_bias, &vc.enc1_weight,
-                                            &vc.enc1_bias, &vc.enc2_weight, &vc.enc2_bias, &vc.codebook}) {
+        for (const std::vector<float>* a : cuda::value_arrays(vc)) {
             value_offsets_.push_back(at);
             check_cuda(cudaMemcpy(value_tables_.get<float>() + at, a->data(), a->size() * 4, cudaMemcpyHostToDevice),
                        "cudaMemcpy");
             at += a->size();
         }
     }
+    if (value_precision_ != cuda::ValuePrecision::fp32) {
+        const size_t elems = cuda::value_tables_low_precision_elems(shape_);
+        value_tables_bf16_.allocate(elems * L * 2, "the value encoder's bf16 tables");
+        for (uint32_t l = 0; l < L; ++l) {
+            cuda::ValueTables t = value_tables(l);
+            check_cuda(cuda::launch_value_tables_low_precision(shape_, &t, value_tables_bf16_.get<uint16_t>() + elems * l,
+                                                               nullptr),
+                       "commvq_cache_create: the value encoder's bf16 tables");
+        }
+    }
 
     // Encoding scratch.
-    const uint32_t E = kEncodeBatch;
+    const uint32_t E = encode_batch_;
     enc_t_.allocate(size_t(E) * D * 4, "key encoding");
     enc_scales_.allocate(size_t(E) * shape_.n_key_scales * 4, "key scales");
     enc_codes_.allocate(size_t(E) * H * R * 2, "key codes");
@@ -344,15 +378,12 @@ cuda::KeyTables CudaBackend::key_tables(uint32_t layer) const {
 cuda::ValueTables CudaBackend::value_tables(uint32_t layer) const {
     const float* base = value_tables_.get<float>();
     const size_t* o = value_offsets_.data() + size_t(layer) * 8;
-    cuda::ValueTables t;
-    t.lambda = base + o[0];
-    t.norm_weight = base + o[1];
-    t.norm_bias = base + o[2];
-    t.enc1_weight = base + o[3];
-    t.enc1_bias = base + o[4];
-    t.enc2_weight = base + o[5];
-    t.enc2_bias = base + o[6];
-    t.codebook = base + o[7];
+    std::array<const float*, 8> arrays;
+    for (size_t i = 0; i < 8; ++i) arrays[i] = base + o[i];
+    cuda::ValueTables t = cuda::value_tables_at(arrays);
+    if (value_tables_bf16_.bytes())
+        cuda::point_value_tables_low_precision(
+            shape_, value_tables_bf16_.get<uint16_t>() + cuda::value_tables_low_precision_elems(shape_) * layer, &t);
     return t;
 }
 
@@ -393,7 +424,7 @@ void CudaBackend::encode(uint32_t layer, uint32_t seq, uint64_t first_position, 
                          uint64_t from_input_position, const void* k, const void* v) {
     const uint64_t S = config_.sink_tokens;
     for (uint32_t done = 0; done < n;) {
-        const uint32_t m = std::min(n - done, kEncodeBatch);
+        const uint32_t m = std::min(n - done, encode_batch_);
         cuda::EncodeSource src;
         src.slots = slots_view(layer);
         src.seq = seq;
@@ -407,7 +438,7 @@ void CudaBackend::encode(uint32_t layer, uint32_t seq, uint64_t first_position, 
         check_cuda(cuda::launch_encode_keys(shape_, key_tables(layer), m, enc_t_.get<float>(),
                                             enc_codes_.get<uint16_t>(), stream_),
                    "key encoding");
-        check_cuda(cuda::launch_encode_values(shape_, value_tables(layer), src, m, cublas_, tf32_,
+        check_cuda(cuda::launch_encode_values(shape_, value_tables(layer), src, m, cublas_, value_precision_,
                                               enc_scratch_.get<float>(), enc_bits_.get<uint8_t>(),
                                               enc_weights_.get<float>(), stream_),
                    "value encoding");
@@ -442,10 +473,10 @@ void CudaBackend::append(uint32_t layer, const LayerView& before, const LayerVie
     const void* k_dev = device_view(k);
     const void* v_dev = device_view(v);
     const bool staged = !k_dev || !v_dev;
-    // Host rows travel in batches of kEncodeBatch tokens, each one append
+    // Host rows travel in batches of encode_batch_ tokens, each one append
     // step of its own; device rows go in one step. A mix of host and device
     // pointers is staged too (cudaMemcpyDefault copies each by what it is).
-    const uint32_t step = staged ? kEncodeBatch : std::max<uint32_t>(n_tokens, 1);
+    const uint32_t step = staged ? encode_batch_ : std::max<uint32_t>(n_tokens, 1);
     uint64_t length = before.length, compressed = before.compressed;
     for (uint32_t i0 = 0; i0 < n_tokens; i0 += step) {
         const uint32_t n = std::min(step, n_tokens - i0);
@@ -643,7 +674,7 @@ void CudaBackend::write_uncompressed(uint32_t layer, const LayerView& view, uint
 
 uint64_t CudaBackend::bytes_codebook() const {
     return key_half_.bytes() + key_centers_.bytes() + key_cross_.bytes() + key_norms_.bytes() + key_row_min_.bytes() +
-           rope_freq_.bytes() + value_tables_.bytes();
+           rope_freq_.bytes() + value_tables_.bytes() + value_tables_bf16_.bytes();
 }
 
 uint64_t CudaBackend::bytes_reserved() const {

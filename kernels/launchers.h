@@ -109,7 +109,9 @@ int launch_encode_keys(const ModelShape& m, const KeyTables& tables, uint32_t n,
 // KeyTables::cross_row_min from cross (host memory, n_rows rows of C floats).
 void key_cross_row_minima(const float* cross, size_t n_rows, uint32_t C, float* row_min);
 
-// The value encoder's tables of one layer (codebook.h ValueCodebook).
+// The value encoder's tables of one layer (codebook.h ValueCodebook), and
+// the low-precision copies the tensor-core products read
+// (launch_value_tables_low_precision; null when only fp32 products run).
 struct ValueTables {
     const float* lambda = nullptr;
     const float* norm_weight = nullptr;
@@ -119,14 +121,47 @@ struct ValueTables {
     const float* enc2_weight = nullptr;  // [4n][I]
     const float* enc2_bias = nullptr;
     const float* codebook = nullptr;     // E [2n][D]
+    const uint16_t* enc1_weight_bf16 = nullptr;  // [I][D], bf16 bit patterns
+    const uint16_t* enc2_weight_bf16 = nullptr;  // [4n][I]
+    // E split exactly into three bf16 parts, stacked along the code bits:
+    // [3][2n][D] = hi, mid, lo with E = hi + mid + lo (8 + 8 + 8 significant bits).
+    const uint16_t* codebook_bf16x3 = nullptr;
 };
+
+// How the value encoder's matrix products run. The reference is fp32
+// (cuBLAS SGEMM, every product in full single precision). tf32 and bf16 run
+// the two encoder layers on tensor cores (tf32: fp32 inputs rounded to 10
+// mantissa bits inside cuBLAS; bf16: the normalized values and the GELU
+// output stored as bf16, weights converted once): the logits move by a few
+// units in the last place of those formats, so near-tie groups may pick
+// another option (the allowance: 0.1% of value bits). Both also form
+// y = bits @ E on bf16 tensor cores from E's exact three-part split, so y
+// keeps fp32 accuracy (the weight must not carry the products' rounding).
+enum class ValuePrecision : int32_t { fp32 = 0, tf32 = 1, bf16 = 2 };
+// The default of a cache; COMMVQ_CUDA_VALUE_PRODUCTS=fp32|tf32|bf16 in the
+// environment when a cache is created overrides it (COMMVQ_CUDA_TF32=1:
+// tf32, the older name).
+constexpr ValuePrecision kDefaultValuePrecision = ValuePrecision::fp32;
+const char* value_precision_name(ValuePrecision p);
+// Parses "fp32", "tf32" or "bf16"; false for anything else.
+bool parse_value_precision(const char* name, ValuePrecision* out);
+
 // Scratch of the value encoder for n tokens, in floats.
 size_t value_encoder_scratch_floats(const ModelShape& m, uint32_t n);
+// Elements (bf16) of one layer's low-precision tables.
+size_t value_tables_low_precision_elems(const ModelShape& m);
+// Points tables' bf16 members at one layer's low-precision tables (`low`,
+// value_tables_low_precision_elems of them).
+void point_value_tables_low_precision(const ModelShape& m, const uint16_t* low, ValueTables* tables);
+// Fills out (value_tables_low_precision_elems, device memory) from the
+// fp32 tables in *tables and points tables' bf16 members at it.
+int launch_value_tables_low_precision(const ModelShape& m, ValueTables* tables, uint16_t* out, void* stream);
 // Values of n tokens -> code bits [n][2n/8] and weights [n]. cublas is a
-// cublasHandle_t already bound to the stream; tf32 allows tensor-core
-// products (faster, more near-tie code differences from the CPU).
+// cublasHandle_t already bound to the stream. tf32 and bf16 need the
+// low-precision tables (cudaErrorInvalidValue without them).
 int launch_encode_values(const ModelShape& m, const ValueTables& tables, const EncodeSource& src, uint32_t n,
-                         void* cublas, bool tf32, float* scratch, uint8_t* bits, float* weights, void* stream);
+                         void* cublas, ValuePrecision precision, float* scratch, uint8_t* bits, float* weights,
+                         void* stream);
 
 // Writes n encoded tokens into the pool: compressed indices first .. first+n-1
 // of sequence seq (block table row seq).

@@ -2,6 +2,9 @@
 // place for the CUDA back end and the benchmark.
 #pragma once
 
+#include <array>
+#include <vector>
+
 #include "codebook.h"
 #include "launchers.h"
 
@@ -21,6 +24,26 @@ inline ModelShape model_shape(const Codebook& cb) {
     m.n_key_scales = cb.n_key_scales();
     m.pair_layout = cb.pair_layout;
     return m;
+}
+
+// The value encoder's arrays of one layer in ValueTables order, and the
+// tables over device copies in that order: the order is written once here.
+inline std::array<const std::vector<float>*, 8> value_arrays(const ValueCodebook& vc) {
+    return {&vc.lambda,      &vc.norm_weight, &vc.norm_bias, &vc.enc1_weight,
+            &vc.enc1_bias,   &vc.enc2_weight, &vc.enc2_bias, &vc.codebook};
+}
+
+inline ValueTables value_tables_at(const std::array<const float*, 8>& p) {
+    ValueTables t;
+    t.lambda = p[0];
+    t.norm_weight = p[1];
+    t.norm_bias = p[2];
+    t.enc1_weight = p[3];
+    t.enc1_bias = p[4];
+    t.enc2_weight = p[5];
+    t.enc2_bias = p[6];
+    t.codebook = p[7];
+    return t;
 }
 
 }  // namespace cuda

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "error.h"
+#include "value_formulas.h"
 #include "vector_clones.h"
 
 namespace commvq {
@@ -12,10 +13,6 @@ namespace commvq {
 namespace {
 
 constexpr double kLayerNormEps = 1e-5;
-
-// The two bits of each group's winning option: 0 -> (1,0), 1 -> (0,1),
-// 2 -> (1,1), 3 -> (0,0), as bits (2g, 2g+1). docs/METHOD.md "Values".
-constexpr uint8_t kOptionBits[4] = {0b01, 0b10, 0b11, 0b00};
 
 // y = W x + b for W [rows][cols]: row dot products with eight partial sums
 // in one vector register (GCC/Clang vector extension; strict IEEE order
@@ -135,15 +132,13 @@ void ValueEncoder::encode_some(uint32_t n, const float* const* v, uint8_t* const
         double var = 0;
         for (uint32_t c = 0; c < D; ++c) var += (ut[c] - mean) * (ut[c] - mean);
         const double inv_std = 1.0 / std::sqrt(var / D + kLayerNormEps);
-        for (uint32_t c = 0; c < D; ++c) ut[c] = float((ut[c] - mean) * inv_std * vc.norm_weight[c] + vc.norm_bias[c]);
+        for (uint32_t c = 0; c < D; ++c)
+            ut[c] = value_formulas::layer_norm(ut[c], mean, inv_std, vc.norm_weight[c], vc.norm_bias[c]);
     }
 
     linear_tokens(vc.enc1_weight.data(), vc.enc1_bias.data(), u, n, I, D, hidden);
     for (uint32_t t = 0; t < n; ++t)
-        for (uint32_t i = 0; i < I; ++i) {
-            const double x = hidden[t][i];
-            hidden[t][i] = float(0.5 * x * (1.0 + std::erf(x * M_SQRT1_2)));
-        }
+        for (uint32_t i = 0; i < I; ++i) hidden[t][i] = value_formulas::gelu(hidden[t][i]);
     linear_tokens(vc.enc2_weight.data(), vc.enc2_bias.data(), hidden, n, 4 * n_groups, I, logits);
 
     const uint32_t n_bytes = cb_.value_code_bits() / 8;
@@ -152,11 +147,9 @@ void ValueEncoder::encode_some(uint32_t n, const float* const* v, uint8_t* const
         for (uint32_t i = 0; i < n_bytes; ++i) b[i] = 0;
         for (uint32_t g = 0; g < n_groups; ++g) {
             const float* l = logits[t] + 4 * size_t(g);
-            uint32_t best = 0;
-            for (uint32_t o = 1; o < 4; ++o)
-                if (l[o] > l[best]) best = o;  // strict: ties keep the lower option
+            const uint32_t best = value_formulas::argmax4(l[0], l[1], l[2], l[3]);
             const uint32_t bit = 2 * g;  // 2 bits per group, never straddling a byte
-            b[bit / 8] |= uint8_t(kOptionBits[best] << (bit % 8));
+            b[bit / 8] |= uint8_t(value_formulas::option_bits(best) << (bit % 8));
         }
     }
 
