@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What runs on the GPU machine (docs/PERF.md, docs/GPU.md): build for sm_90,
 # the gpu-labelled tests, optionally compute-sanitizer, then the benchmark.
-#   [BENCH_ARGS="decode full encode prompt"] [TEST_CASES="gpu: *"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train] [ncu] [ncu_kernels] [ncu_source] [baseline] [sass]
+#   [BENCH_ARGS="decode full encode prompt"] [TEST_CASES="gpu: *"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train] [ncu] [ncu_kernels] [ncu_source] [baseline] [variant] [sass]
 # baseline: the decode benchmark (BENCH_CASES) of an earlier version's kernels/, saved in
 # .deps/baseline/kernels by `git archive REF kernels | tar -x -C .deps/baseline` and carried,
 # built beside this one, so both are timed on the same card in one call.
@@ -80,6 +80,11 @@ for step in "$@"; do
     obj=$(find build-gpu -name decode.cu.o | head -1)
     cuobjdump -res-usage "$obj" 2>&1 | grep -A1 attend_kernel | grep -oE "REG:[0-9]+|STACK:[0-9]+|SHARED:[0-9]+|LOCAL:[0-9]+" | sort | uniq -c | head
     cuobjdump -sass "$obj" > "$OUTDIR/decode.sass" 2>&1; gzip -f "$OUTDIR/decode.sass"; echo "sass: $(ls -la $OUTDIR/decode.sass.gz)" ;;
+  variant)
+    # The decode benchmark of this build again with VARIANT_ENV set (e.g.
+    # COMMVQ_CUDA_ATTEND_NPW=4), so a run-time choice is timed in the same call.
+    PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-300} env ${VARIANT_ENV:-} python3 bench/bench.py build-gpu/bench/libcommvq_bench.so decode 2>&1 \
+      | tee "$OUTDIR/bench_variant.md" ;;
   bench)
     PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-300} python3 bench/bench.py build-gpu/bench/libcommvq_bench.so ${BENCH_ARGS:-} 2>&1 | tee "$OUTDIR/bench.md" ;;
   esac
