@@ -146,13 +146,11 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
     LaneRotation::write_steps(p, reinterpret_cast<float2*>(smem + L.rot_step), HEAD_DIM / 2, Lanes::kStep);
     LaneRotation rot[Lanes::TPL];
     const uint32_t exact_every = SC % Lanes::kStep == 0 ? LaneRotation::kExactEvery : 1;
-    const auto set_rotations = [&](uint32_t c0) {
-        for (int u = 0; u < Lanes::TPL; ++u)
-            rot[u].set(p, (threadIdx.x % 32) % LPT, uint64_t(p.slots.sinks) + c0 + Lanes::first_token(u));
-    };
     for (uint32_t c0 = uint32_t(t_begin), chunk = 0; c0 < t_end; c0 += SC, ++chunk) {
         const uint32_t cn = uint32_t(tmin<uint64_t>(SC, t_end - c0));
-        if (chunk % exact_every == 0) set_rotations(c0);
+        if (chunk % exact_every == 0)
+            for (int u = 0; u < Lanes::TPL; ++u)
+                rot[u].set(p, (threadIdx.x % 32) % LPT, uint64_t(p.slots.sinks) + c0 + Lanes::first_token(u));
         const uint32_t next_cn = c0 + SC < t_end ? uint32_t(tmin<uint64_t>(SC, t_end - c0 - SC)) : 0;
         if (threadIdx.x < cn) {
             tok_block[threadIdx.x] = ahead.block;
@@ -170,6 +168,8 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
                                size_t(tok_slot[t]) * pool.value_code_bytes;
             copy_async4(bits + w * L.bits_stride + t, reinterpret_cast<const uint32_t*>(b) + rank * words + w);
         }
+        LaneRotation chunk_rot[Lanes::TPL];  // every stage group starts from the chunk's first tokens
+        for (int u = 0; u < Lanes::TPL; ++u) chunk_rot[u] = rot[u];
         for (uint32_t grp = 0; grp < n_groups; ++grp) {
             const uint32_t r0 = grp * spg, rn = min(spg, R - r0);
             if (grp != loaded_group) {
@@ -179,10 +179,7 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
                 wait_async_copies();  // the value bits' copies too
                 __syncthreads();
             }
-            // Every stage group starts from the chunk's first tokens: a later
-            // group's rotations are set exactly (no copy of the chunk's
-            // carried ones stays live through the first group: registers).
-            if (grp > 0) set_rotations(c0);
+            for (int u = 0; u < Lanes::TPL; ++u) rot[u] = chunk_rot[u];
             score_chunk<HEAD_DIM, G>(p, L, smem, cn, r0, rn, grp == 0, q, rot);
         }
         // The next chunk's codes, after this chunk's scores have read the
