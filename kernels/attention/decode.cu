@@ -139,18 +139,17 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
             ahead = token_info(pool, table_row, uint32_t(t_begin) + threadIdx.x, m.n_key_scales, scale_index);
         codes_ahead.fetch(p, table_row, g, uint32_t(t_begin), cn);
     }
-    // The rotations of this lane's tokens (key_scores.cuh), carried from chunk to chunk.
-    using Lanes = ScoreLanes<HEAD_DIM, G>;
-    // A lane advances SC / kStep tokens per full chunk, so the carried state
-    // is the next chunk's only when that divides evenly.
-    LaneRotation::write_steps(p, reinterpret_cast<float2*>(smem + L.rot_step), HEAD_DIM / 2, Lanes::kStep);
-    LaneRotation rot[Lanes::TPL];
-    const uint32_t exact_every = SC % Lanes::kStep == 0 ? LaneRotation::kExactEvery : 1;
+    // The rotation of this lane's token (key_scores.cuh), carried from chunk to chunk.
+    constexpr uint32_t TPW = 32 / LPT;
+    const uint32_t lane_token = (threadIdx.x / 32) * TPW + (threadIdx.x % 32) / LPT;
+    // A lane advances SC / (kWarps * TPW) tokens per full chunk, so the
+    // carried state is the next chunk's only when that divides evenly.
+    LaneRotation::write_steps(p, reinterpret_cast<float2*>(smem + L.rot_step), HEAD_DIM / 2, kWarps * TPW);
+    LaneRotation rot;
+    const uint32_t exact_every = SC % (kWarps * TPW) == 0 ? LaneRotation::kExactEvery : 1;
     for (uint32_t c0 = uint32_t(t_begin), chunk = 0; c0 < t_end; c0 += SC, ++chunk) {
         const uint32_t cn = uint32_t(tmin<uint64_t>(SC, t_end - c0));
-        if (chunk % exact_every == 0)
-            for (int u = 0; u < Lanes::TPL; ++u)
-                rot[u].set(p, (threadIdx.x % 32) % LPT, uint64_t(p.slots.sinks) + c0 + Lanes::first_token(u));
+        if (chunk % exact_every == 0) rot.set(p, (threadIdx.x % 32) % LPT, uint64_t(p.slots.sinks) + c0 + lane_token);
         const uint32_t next_cn = c0 + SC < t_end ? uint32_t(tmin<uint64_t>(SC, t_end - c0 - SC)) : 0;
         if (threadIdx.x < cn) {
             tok_block[threadIdx.x] = ahead.block;
@@ -168,8 +167,7 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
                                size_t(tok_slot[t]) * pool.value_code_bytes;
             copy_async4(bits + w * L.bits_stride + t, reinterpret_cast<const uint32_t*>(b) + rank * words + w);
         }
-        LaneRotation chunk_rot[Lanes::TPL];  // every stage group starts from the chunk's first tokens
-        for (int u = 0; u < Lanes::TPL; ++u) chunk_rot[u] = rot[u];
+        const LaneRotation chunk_rot = rot;  // every stage group starts from the chunk's first tokens
         for (uint32_t grp = 0; grp < n_groups; ++grp) {
             const uint32_t r0 = grp * spg, rn = min(spg, R - r0);
             if (grp != loaded_group) {
@@ -179,7 +177,7 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
                 wait_async_copies();  // the value bits' copies too
                 __syncthreads();
             }
-            for (int u = 0; u < Lanes::TPL; ++u) rot[u] = chunk_rot[u];
+            rot = chunk_rot;
             score_chunk<HEAD_DIM, G>(p, L, smem, cn, r0, rn, grp == 0, q, rot);
         }
         // The next chunk's codes, after this chunk's scores have read the

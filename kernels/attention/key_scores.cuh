@@ -3,8 +3,8 @@
 //
 // A token's key is sum_r z_{r,A_r} + i z_{r,B_r}: 2R table rows of P half2
 // pairs. LPT = head_dim / 8 lanes share a token, each holding 4 pairs (one
-// 16-byte load per row). Per warp step a warp scores TPW = 32 / LPT tokens
-// per lane slot, TPL of them per lane (ScoreLanes): its lanes first turn the tokens' packed codes into table byte offsets (a
+// 16-byte load per row). Per warp step a warp scores TPW = 32 / LPT tokens:
+// its lanes first turn the tokens' packed codes into table byte offsets (a
 // per-warp scratch in shared memory, read back as broadcasts), then each
 // lane gathers its 2R rows, sums them in half2 (pairwise within groups of
 // four stages), rotates the key to its position and dots it with the G
@@ -87,31 +87,14 @@ __device__ __forceinline__ uint4 lds128_after_stores(uint32_t address) {
     return v;
 }
 
-// s += a + b, pair by pair (the two rows summed first: two stages of one
-// token's A or B parts).
-__device__ __forceinline__ void add_rows(__half2 (&s)[4], uint4 a, uint4 b) {
+__device__ __forceinline__ void add_rows(__half2 (&s)[4], uint4 a, uint4 b, uint4 c, uint4 d) {
     const __half2* ha = reinterpret_cast<const __half2*>(&a);
     const __half2* hb = reinterpret_cast<const __half2*>(&b);
+    const __half2* hc = reinterpret_cast<const __half2*>(&c);
+    const __half2* hd = reinterpret_cast<const __half2*>(&d);
 #pragma unroll
-    for (int k = 0; k < 4; ++k) s[k] = __hadd2(s[k], __hadd2(ha[k], hb[k]));
+    for (int k = 0; k < 4; ++k) s[k] = __hadd2(s[k], __hadd2(__hadd2(ha[k], hb[k]), __hadd2(hc[k], hd[k])));
 }
-
-// How the lanes of a warp share the chunk's tokens: LPT lanes per token,
-// TPW tokens side by side in a warp, each lane on TPL tokens at once, so a
-// warp step scores kWarpTokens tokens and a lane's next step comes kStep
-// tokens later.
-template <int HEAD_DIM, int G>
-struct ScoreLanes {
-    static constexpr int LPT = lanes_per_token(HEAD_DIM);
-    static constexpr int TPW = 32 / LPT;
-    static constexpr int TPL = tokens_per_lane(HEAD_DIM, G);
-    static constexpr int kWarpTokens = TPW * TPL;
-    static constexpr int kStep = kWarps * kWarpTokens;
-    // The chunk token of a lane's u-th token in its first step.
-    static __device__ uint32_t first_token(uint32_t u) {
-        return (threadIdx.x / 32) * kWarpTokens + u * TPW + (threadIdx.x % 32) / LPT;
-    }
-};
 
 // The RoPE rotation of one lane's current token for the lane's 4 pairs,
 // advanced from token to token by angle addition (one complex product per
@@ -155,14 +138,13 @@ struct LaneRotation {
 // here). Per warp step, lane `part` of a token takes that token's stages
 // part, part + LPT, ... out of the staged words and writes their table
 // offsets to the warp's scratch, which every lane of the token then reads
-// as broadcasts. A lane works on TPL tokens at once (ScoreLanes), so that
-// the gathers of one token are in flight while another's are summed.
+// as broadcasts.
 template <int HEAD_DIM, int G>
 __device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_t* smem, uint32_t cn, uint32_t r0,
-                            uint32_t rn, bool first_group, const float (&q)[G][8],
-                            LaneRotation (&rot)[ScoreLanes<HEAD_DIM, G>::TPL]) {
-    using S = ScoreLanes<HEAD_DIM, G>;
-    constexpr int LPT = S::LPT, TPW = S::TPW, TPL = S::TPL;
+                            uint32_t rn, bool first_group, const float (&q)[G][8], LaneRotation& rot) {
+    constexpr int LPT = HEAD_DIM / 8;
+    constexpr int TPW = 32 / LPT;
+    constexpr int kStep = kWarps * TPW;  // tokens between a lane's consecutive tokens
     constexpr int kPasses = (32 + LPT - 1) / LPT;  // stage groups hold at most 32 stages
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = lane / LPT, part = lane % LPT;
     const float* tok_scale = reinterpret_cast<const float*>(smem + L.tok_scale);
@@ -170,90 +152,62 @@ __device__ void score_chunk(const AttendParams& p, const SharedLayout& L, uint8_
     const uint32_t* code_bit0 = reinterpret_cast<const uint32_t*>(smem + L.code_bit0);
     const float2* rot_step = reinterpret_cast<const float2*>(smem + L.rot_step);
     float* scores = reinterpret_cast<float*>(smem + L.scores);
-    uint2* offsets = reinterpret_cast<uint2*>(smem + L.offsets) + warp * S::kWarpTokens * L.offsets_stages;
+    uint2* offsets = reinterpret_cast<uint2*>(smem + L.offsets) + warp * TPW * L.offsets_stages;
     const uint32_t table = shared_address(smem + L.table) + part * 16;
+    const uint32_t to = shared_address(offsets + sub * L.offsets_stages);
     constexpr uint32_t row_bytes = HEAD_DIM * 2, code_mask = (1u << kCodeBits) - 1;
     const uint32_t stages = L.offsets_stages, words = p.plan.code_words;
-    // Token u of a lane's step is the step's token u * TPW + sub.
-    uint32_t to[TPL];
-#pragma unroll
-    for (int u = 0; u < TPL; ++u) to[u] = shared_address(offsets + (u * TPW + sub) * stages);
 
-    for (uint32_t base = warp * S::kWarpTokens; base < cn; base += S::kStep) {  // warp-uniform: shuffles
+    for (uint32_t base = warp * TPW; base < cn; base += kStep) {  // warp-uniform: the shuffles need every lane
+        const uint32_t t = base + sub, tc = min(t, cn - 1);
+        const uint32_t* w = codes + tc * words;
+        const uint32_t bit0 = code_bit0[tc] + r0 * kCodeBits;
+        const bool live = t < cn;
         __syncwarp();  // the previous step's offsets have been read
 #pragma unroll
-        for (int u = 0; u < TPL; ++u) {
-            const uint32_t ts = u * TPW + sub, t = base + ts, tc = min(t, cn - 1);
-            const uint32_t* w = codes + tc * words;
-            const uint32_t bit0 = code_bit0[tc] + r0 * kCodeBits;
-            const bool live = t < cn;
-#pragma unroll
-            for (int k = 0; k < kPasses; ++k) {
-                if (k > 0 && stages <= k * LPT) break;  // warp-uniform
-                // Computed by every lane without branches; lanes past the
-                // group's stages read staged words they do not use.
-                const uint32_t r = part + k * LPT, bit = bit0 + r * kCodeBits, i = bit / 32;
-                const uint32_t code = __funnelshift_r(w[i], w[i + 1], bit) & code_mask;
-                const uint32_t row0 = r * kSubCenters * row_bytes;
-                const bool used = live && r < rn;
-                const uint2 o = make_uint2(used ? row0 + (code / kSubCenters) * row_bytes : L.zero_row,
-                                           used ? row0 + (code % kSubCenters) * row_bytes : L.zero_row);
-                if (r < stages) offsets[ts * stages + r] = o;
-            }
+        for (int k = 0; k < kPasses; ++k) {
+            if (k > 0 && stages <= k * LPT) break;  // warp-uniform
+            // Computed by every lane without branches; lanes past the
+            // group's stages read staged words they do not use.
+            const uint32_t r = part + k * LPT, bit = bit0 + r * kCodeBits, i = bit / 32;
+            const uint32_t code = __funnelshift_r(w[i], w[i + 1], bit) & code_mask;
+            const uint32_t row0 = r * kSubCenters * row_bytes;
+            const bool used = live && r < rn;
+            const uint2 o = make_uint2(used ? row0 + (code / kSubCenters) * row_bytes : L.zero_row,
+                                       used ? row0 + (code % kSubCenters) * row_bytes : L.zero_row);
+            if (r < stages) offsets[sub * stages + r] = o;
         }
         __syncwarp();
-        __half2 sa[TPL][4], sb[TPL][4];
+        __half2 sa[4], sb[4];
 #pragma unroll
-        for (int u = 0; u < TPL; ++u)
-#pragma unroll
-            for (int k = 0; k < 4; ++k) sa[u][k] = sb[u][k] = __float2half2_rn(0.0f);
-        // Two stages per token per iteration (offsets A_r, B_r, A_r+1, B_r+1
-        // in one 16-byte read; stages is a multiple of 4); the next
-        // iteration's offsets are read while this one's rows are gathered
-        // (after the last, the same ones again).
-        uint4 o[TPL];
-#pragma unroll
-        for (int u = 0; u < TPL; ++u) o[u] = lds128_after_stores(to[u]);
-        for (uint32_t r = 0; r < stages; r += 2) {
-            const uint32_t next = (r + 2 < stages ? r + 2 : r) * 8;
-            uint4 n[TPL], a0[TPL], a1[TPL], b0[TPL], b1[TPL];
-#pragma unroll
-            for (int u = 0; u < TPL; ++u) {
-                n[u] = lds128_after_stores(to[u] + next);
-                a0[u] = lds128(table + o[u].x);
-                a1[u] = lds128(table + o[u].z);
-                b0[u] = lds128(table + o[u].y);
-                b1[u] = lds128(table + o[u].w);
-            }
-#pragma unroll
-            for (int u = 0; u < TPL; ++u) {
-                add_rows(sa[u], a0[u], a1[u]);
-                add_rows(sb[u], b0[u], b1[u]);
-                o[u] = n[u];
-            }
+        for (int k = 0; k < 4; ++k) sa[k] = sb[k] = __float2half2_rn(0.0f);
+        // The offsets of the next 4 stages are read while this 4's rows are
+        // gathered (after the last 4, the same ones again).
+        uint4 o01 = lds128_after_stores(to), o23 = lds128_after_stores(to + 16);
+        for (uint32_t r = 0; r < stages; r += 4) {
+            const uint32_t next_r = r + 4 < stages ? r + 4 : r;
+            const uint4 n01 = lds128_after_stores(to + next_r * 8), n23 = lds128_after_stores(to + next_r * 8 + 16);
+            add_rows(sa, lds128(table + o01.x), lds128(table + o01.z), lds128(table + o23.x), lds128(table + o23.z));
+            add_rows(sb, lds128(table + o01.y), lds128(table + o01.w), lds128(table + o23.y), lds128(table + o23.w));
+            o01 = n01;
+            o23 = n23;
         }
         // k = z_A + i z_B, rotated by the token's position, dotted with the queries.
-        float dot[TPL * G];
+        float dot[G];
 #pragma unroll
-        for (int u = 0; u < TPL; ++u) {
+        for (int h = 0; h < G; ++h) dot[h] = 0;
 #pragma unroll
-            for (int h = 0; h < G; ++h) dot[u * G + h] = 0;
+        for (int k = 0; k < 4; ++k) {
+            const float2 f = __half22float2(__hfma2(__lowhigh2highlow(sb[k]), __floats2half2_rn(-1.0f, 1.0f), sa[k]));
+            const float x = f.x * rot.c[k] - f.y * rot.s[k], y = f.x * rot.s[k] + f.y * rot.c[k];
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                const float2 f =
-                    __half22float2(__hfma2(__lowhigh2highlow(sb[u][k]), __floats2half2_rn(-1.0f, 1.0f), sa[u][k]));
-                const float x = f.x * rot[u].c[k] - f.y * rot[u].s[k], y = f.x * rot[u].s[k] + f.y * rot[u].c[k];
-#pragma unroll
-                for (int h = 0; h < G; ++h) dot[u * G + h] = fmaf(q[h][2 * k], x, fmaf(q[h][2 * k + 1], y, dot[u * G + h]));
-            }
-            rot[u].advance(rot_step, part);
+            for (int h = 0; h < G; ++h) dot[h] = fmaf(q[h][2 * k], x, fmaf(q[h][2 * k + 1], y, dot[h]));
         }
-        // Each lane ends with the total of one (token, head): value index part / kLanesPerValue.
-        const float total = HeadSums<LPT / 2, TPL * G>::run(dot, part);
-        constexpr uint32_t kLanesPerValue = LPT / (TPL * G);
-        const uint32_t vi = part / kLanesPerValue, h = vi % G, t = base + (vi / G) * TPW + sub;
-        if (t < cn && part % kLanesPerValue == 0) {
-            float* dst = scores + h * L.score_chunk + t;
+        rot.advance(rot_step, part);
+        const float total = HeadSums<LPT / 2, G>::run(dot, part);
+        constexpr uint32_t kLanesPerHead = LPT / G;
+        if (t < cn && part % kLanesPerHead == 0) {
+            float* dst = scores + (part / kLanesPerHead) * L.score_chunk + t;
             const float v = total * tok_scale[t];
             *dst = first_group ? v : *dst + v;
         }

@@ -53,14 +53,7 @@ COMMVQ_HD inline uint32_t slice_bits(const ModelShape& m, const AttendPlan& p) {
     return m.value_code_bits / p.cluster;
 }
 // Lanes that share one token's key (16 bytes of half2 pairs each).
-COMMVQ_HD constexpr uint32_t lanes_per_token(uint32_t head_dim) { return head_dim / 8; }
-// Tokens one lane scores at once (key_scores.cuh): two, so that one token's
-// gathers are in flight while the other's are summed, where the butterfly
-// over a token's lanes can reduce both tokens' G sums (2 G <= lanes per
-// token); else one.
-COMMVQ_HD constexpr uint32_t tokens_per_lane(uint32_t head_dim, uint32_t group) {
-    return 2 * group <= lanes_per_token(head_dim) ? 2 : 1;
-}
+COMMVQ_HD inline uint32_t lanes_per_token(uint32_t head_dim) { return head_dim / 8; }
 
 // The stage codes of one KV head of a token are staged in shared memory as
 // the aligned 32-bit words that hold them: the first code starts at bit
@@ -111,7 +104,7 @@ struct SharedLayout {
         tok_weight = tok_scale + p.score_chunk * 4;
         offsets = align_up(tok_weight + p.score_chunk * 4, 16);
         offsets_stages = align_up(p.stages_per_group, 4);
-        const uint32_t tokens_per_warp = 32 / lanes_per_token(m.head_dim) * tokens_per_lane(m.head_dim, G);
+        const uint32_t tokens_per_warp = 32 / lanes_per_token(m.head_dim);
         codes = offsets + kWarps * tokens_per_warp * offsets_stages * 8;
         code_bit0 = codes + p.score_chunk * p.code_words * 4;
         rot_step = align_up(code_bit0 + p.score_chunk * 4, 16);
