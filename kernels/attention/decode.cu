@@ -117,9 +117,8 @@ __global__ void __launch_bounds__(kThreads, 1) attend_kernel(const __grid_consta
 
     const uint32_t n_splits = gridDim.y;
     const uint64_t n_comp = visible > st.sinks ? tmin<uint64_t>(st.compressed, visible - st.sinks) : 0;
-    const uint64_t per_split = (n_comp + n_splits - 1) / n_splits;
-    const uint64_t t_begin = tmin<uint64_t>(n_comp, uint64_t(split) * per_split);
-    const uint64_t t_end = tmin<uint64_t>(n_comp, t_begin + per_split);
+    const TokenRange range = split_tokens(n_comp, visible - n_comp, n_splits, split);
+    const uint64_t t_begin = range.begin, t_end = range.end;
     const uint32_t scale_index = m.n_key_scales == 1 ? 0 : g;
     const size_t table_row = size_t(seq) * pool.table_stride;
 

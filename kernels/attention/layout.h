@@ -44,6 +44,25 @@ struct PartialLayout {
     }
 };
 
+// The compressed tokens [begin, end) that split `split` of a row attends.
+// Split 0 also attends the row's n_uncompressed tokens (window.cuh) after
+// its compressed share, so its share is shortened by that many tokens
+// (taking an uncompressed token to cost about what a compressed one does)
+// and the other splits share the rest evenly: otherwise split 0 finishes
+// last, a tail that dominates short rows. One split takes every token.
+struct TokenRange {
+    uint64_t begin, end;
+};
+COMMVQ_HD inline TokenRange split_tokens(uint64_t n_comp, uint64_t n_uncompressed, uint32_t n_splits, uint32_t split) {
+    if (n_splits <= 1) return {0, n_comp};
+    const uint64_t even = (n_comp + n_splits - 1) / n_splits;  // <= n_comp
+    const uint64_t first = even > n_uncompressed ? even - n_uncompressed : 0;
+    if (split == 0) return {0, first};
+    const uint64_t per = (n_comp - first + n_splits - 2) / (n_splits - 1);
+    const uint64_t begin = first + uint64_t(split - 1) * per, end = begin + per;
+    return {begin < n_comp ? begin : n_comp, end < n_comp ? end : n_comp};
+}
+
 // Query heads of the KV heads of one cluster, padded to whole 8-head tiles.
 COMMVQ_HD inline uint32_t cluster_heads_padded(const ModelShape& m, const AttendPlan& p) {
     return align_up(p.cluster * (m.n_q_heads / m.n_kv_heads), 8);
