@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What runs on the GPU machine (docs/PERF.md, docs/GPU.md): build for sm_90,
 # the gpu-labelled tests, optionally compute-sanitizer, then the benchmark.
-#   [BENCH_ARGS="decode full encode prompt"] [TEST_CASES="gpu: *"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train] [ncu] [ncu_kernels] [ncu_source] [baseline] [variant] [sass]
+#   [BENCH_ARGS="decode full encode prompt"] [TEST_CASES="gpu: *"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train] [ncu] [ncu_pipes] [ncu_kernels] [ncu_source] [baseline] [variant] [sass]
 # baseline: the decode benchmark (BENCH_CASES) of an earlier version's kernels/, saved in
 # .deps/baseline/kernels by `git archive REF kernels | tar -x -C .deps/baseline` and carried,
 # built beside this one, so both are timed on the same card in one call.
@@ -52,6 +52,15 @@ for step in "$@"; do
       --print-metric-instances values \
       python3 bench/bench.py build-gpu/bench/libcommvq_bench.so decode > "$OUTDIR/ncu.txt" 2>&1
     echo "ncu: exit $?"; grep -E "Duration|Achieved Occupancy|Executed Instructions |stalled|per_opcode" "$OUTDIR/ncu.txt" | head -40 ;;
+  ncu_pipes)
+    # Which pipe and memory path the attention kernel keeps busy (same case
+    # as ncu): pipe utilization per unit, shared-memory wavefronts and bank
+    # conflicts, stall reasons, instruction mix.
+    BENCH_CASES=${NCU_CASES:-1:1:131072} timeout ${NCU_TIMEOUT:-240} ncu --clock-control none -k regex:attend_kernel -s 2 -c 1 \
+      --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section WarpStateStats \
+      --section InstructionStats --section Occupancy --print-details all \
+      python3 bench/bench.py build-gpu/bench/libcommvq_bench.so decode > "$OUTDIR/ncu_pipes.txt" 2>&1
+    echo "ncu pipes: exit $?"; grep -iE "Duration|pipe|Shared|Bank|Issue Slots|Executed Ipc" "$OUTDIR/ncu_pipes.txt" | head -40 ;;
   ncu_kernels)
     # Duration of each kernel of one decode step (attention and the two
     # merge kernels) for each case in NCU_CASES.
