@@ -55,6 +55,7 @@
 #include "train/value_trainer_cuda.h"
 #include "train_device.cuh"
 #include "value_encoder.h"
+#include "value_formulas.h"
 
 namespace commvq {
 namespace train {
@@ -179,8 +180,7 @@ __global__ void bias_gelu_kernel(float* a1, const float* bias, float* h1, uint32
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count; i += size_t(gridDim.x) * blockDim.x) {
         const float xf = __fadd_rn(a1[i], bias[i % width]);
         a1[i] = xf;
-        const double x = xf;
-        h1[i] = float(0.5 * x * (1.0 + erf(x * kSqrtHalf)));
+        h1[i] = value_formulas::gelu(xf);
     }
 }
 

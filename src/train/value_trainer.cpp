@@ -9,6 +9,7 @@
 #include "error.h"
 #include "parallel.h"
 #include "value_encoder.h"
+#include "value_formulas.h"
 
 namespace commvq {
 namespace train {
@@ -127,8 +128,8 @@ double ValueObjective::evaluate(const ValueCodebook& vc, const float* v, uint32_
     matmul(h0_.data(), wt.data(), a1_.data(), B, I, D, n_threads_);
     for (size_t b = 0; b < B; ++b)
         for (size_t i = 0; i < I; ++i) {
-            double x = a1_[b * I + i] += vc.enc1_bias[i];
-            h1_[b * I + i] = float(0.5 * x * (1.0 + std::erf(x * M_SQRT1_2)));
+            a1_[b * I + i] += vc.enc1_bias[i];
+            h1_[b * I + i] = value_formulas::gelu(a1_[b * I + i]);
         }
     transpose(vc.enc2_weight.data(), wt.data(), O, I);
     matmul(h1_.data(), wt.data(), logits_.data(), B, O, I, n_threads_);
