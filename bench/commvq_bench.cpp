@@ -209,7 +209,8 @@ struct EncoderBench {
                                                 nullptr);
         const std::vector<double> f = rope_frequencies(cb.rope, cb.head_dim);
         freq = device<double>(f.size(), f.data());
-        src.slots.half_bytes = uint32_t(cb.value_dim() * 2);
+        src.slots.key_bytes = uint32_t(cb.key_dim() * 2);
+        src.slots.value_bytes = uint32_t(cb.value_dim() * 2);
         src.slots.io_dtype = COMMVQ_DTYPE_BF16;
         src.input_k = k.ptr;
         src.input_v = v.ptr;

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "device_common.cuh"
+#include "key_scale.h"
 
 namespace commvq {
 namespace cuda {
@@ -49,20 +50,22 @@ __global__ void store_compressed_kernel(const __grid_constant__ ModelShape m, co
     if (threadIdx.x == 0) reinterpret_cast<float*>(block + pool.value_weights_offset)[slot] = weights[blockIdx.x];
 }
 
-// One block per new token; 4-byte words (half_bytes is a multiple of 4).
+// One block per new token; 4-byte words (key_bytes and value_bytes are
+// multiples of 4).
 __global__ void store_uncompressed_kernel(const __grid_constant__ UncompressedView u, uint32_t seq,
                                           uint64_t first_position, uint64_t sinks, uint64_t first_window,
-                                          const void* k, const void* v) {
+                                          const void* k, const void* v, const double* norms2,
+                                          uint64_t norms2_head_stride, uint32_t n_heads) {
     const uint64_t position = first_position + blockIdx.x;
     if (position >= sinks && position < first_window) return;  // compressed already
-    uint32_t* slot = reinterpret_cast<uint32_t*>(const_cast<uint8_t*>(slot_address(u, seq, position)));
-    const uint32_t words = u.half_bytes / 4;
-    const uint32_t* ks = reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(k) + size_t(blockIdx.x) * u.half_bytes);
-    const uint32_t* vs = reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(v) + size_t(blockIdx.x) * u.half_bytes);
-    for (uint32_t i = threadIdx.x; i < words; i += blockDim.x) {
-        slot[i] = ks[i];
-        slot[words + i] = vs[i];
-    }
+    uint32_t* slot = reinterpret_cast<uint32_t*>(slot_address(u, seq, position));
+    const uint32_t key_words = u.key_bytes / 4, value_words = u.value_bytes / 4;
+    const uint32_t* ks = reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(k) + size_t(blockIdx.x) * u.key_bytes);
+    const uint32_t* vs = reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(v) + size_t(blockIdx.x) * u.value_bytes);
+    for (uint32_t i = threadIdx.x; i < key_words; i += blockDim.x) slot[i] = ks[i];
+    for (uint32_t i = threadIdx.x; i < value_words; i += blockDim.x) slot[key_words + i] = vs[i];
+    if (u.norms2 && threadIdx.x == 0)
+        slot_norm2(u, seq, position) = key_scale::token_norm2(norms2 + blockIdx.x, n_heads, norms2_head_stride);
 }
 
 __global__ void float_to_half_kernel(const float* in, size_t n, __half* out) {
@@ -99,9 +102,12 @@ int launch_store_compressed(const ModelShape& m, const PoolView& pool, uint32_t 
 }
 
 int launch_store_uncompressed(const UncompressedView& slots, uint32_t seq, uint64_t first_position, uint32_t n,
-                              uint64_t sinks, uint64_t first_window, const void* k, const void* v, void* stream) {
+                              uint64_t sinks, uint64_t first_window, const void* k, const void* v,
+                              const double* norms2, uint64_t norms2_head_stride, uint32_t n_heads, void* stream) {
     if (n == 0) return 0;
-    store_uncompressed_kernel<<<n, 128, 0, cudaStream_t(stream)>>>(slots, seq, first_position, sinks, first_window, k, v);
+    if (slots.norms2 && !norms2) return int(cudaErrorInvalidValue);
+    store_uncompressed_kernel<<<n, 128, 0, cudaStream_t(stream)>>>(slots, seq, first_position, sinks, first_window, k, v,
+                                                                   norms2, norms2_head_stride, n_heads);
     return int(cudaGetLastError());
 }
 

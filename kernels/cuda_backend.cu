@@ -114,6 +114,10 @@ public:
                 const void* k, const void* v) override;
     void append_batch(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens, const void* k,
                       const void* v) override;
+    void append_batch_norms(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
+                            const void* k, const void* v, const double* key_norms2) override;
+    void key_head_norms2(uint32_t n_rows, const uint64_t* positions, uint32_t n_tokens, const void* k,
+                         double* out) const override;
     void copy_block(uint32_t src, uint32_t dst) override;
     void copy_uncompressed(uint32_t src, uint32_t dst) override;
     void attend(const AttendCall& call) override;
@@ -149,8 +153,13 @@ private:
     // Brings the device block table and layer state up to the host's view.
     void sync_view(uint32_t layer, const LayerView& view);
     void sync_table(const LayerView& view, uint64_t compressed);
+    // One row's append; norms2: its tokens' squared key norms of every
+    // head of the model, head h of token t at norms2[h * norms2_head_stride
+    // + t] (given_key_norms only, else null).
+    void append_row(uint32_t layer, const LayerView& before, const LayerView& after, uint32_t n_tokens,
+                    const void* k, const void* v, const double* norms2, uint64_t norms2_head_stride);
     void encode(uint32_t layer, uint32_t seq, uint64_t first_position, uint32_t n, uint64_t from_input_position,
-                const void* k, const void* v);
+                const void* k, const void* v, const double* norms2, uint64_t norms2_head_stride);
     void wait() const { check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
     uint8_t* block_ptr(uint32_t layer, uint32_t block) const {
         return pool_.get<uint8_t>() + (size_t(layer) * config_.n_blocks + block) * config_.layout.block_bytes;
@@ -165,7 +174,9 @@ private:
     cudaStream_t stream_ = nullptr;
     cublasHandle_t cublas_ = nullptr;
     cuda::ModelShape shape_;
-    size_t half_bytes_ = 0;      // keys (or values) of one token, io dtype
+    size_t key_bytes_ = 0;       // keys of one token (the cache's heads), io dtype
+    size_t value_bytes_ = 0;     // values of one token (all of the model's heads), io dtype
+    uint32_t norm_heads_ = 0;    // heads of appends' key norms: the model's
     size_t layer_slots_bytes_ = 0;
     size_t seq_slots_bytes_ = 0;
     uint32_t rows_per_launch_ = 0;
@@ -178,6 +189,11 @@ private:
     DeviceBuffer value_tables_bf16_;  // launch_value_tables_low_precision, per layer; only for tf32/bf16 products
     DeviceBuffer enc_t_, enc_scales_, enc_codes_, enc_bits_, enc_weights_, enc_scratch_, stage_k_, stage_v_;
     DeviceBuffer q_in_, partials_, out_stage_, lse_stage_, cublas_workspace_;
+    // Slices in the token scale mode: the slots' squared key norms
+    // [max_seqs][n_layers][S + W], and host norms staged [model heads][E].
+    DeviceBuffer slot_norms2_, stage_norms_;
+    // key_head_norms2: host keys staged [E] tokens, results [heads][E].
+    DeviceBuffer stage_head_norms_;
     std::vector<size_t> value_offsets_;  // per layer, 8 arrays each, in floats
 
     // What the device holds, as last uploaded.
@@ -226,8 +242,10 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
 
     const uint32_t L = cb.n_layers, H = cb.n_kv_heads, R = cb.key_stages, C = cb.sub_centers, d = cb.head_dim;
     const uint32_t D = cb.value_dim(), I = cb.value_hidden, n2 = cb.value_code_bits();
-    half_bytes_ = size_t(D) * dtype_size(config.io_dtype);
-    layer_slots_bytes_ = (size_t(config.sink_tokens) + config.window) * 2 * half_bytes_;
+    key_bytes_ = size_t(cb.key_dim()) * dtype_size(config.io_dtype);
+    value_bytes_ = size_t(D) * dtype_size(config.io_dtype);
+    norm_heads_ = D / d;
+    layer_slots_bytes_ = (size_t(config.sink_tokens) + config.window) * (key_bytes_ + value_bytes_);
     seq_slots_bytes_ = layer_slots_bytes_ * L;
 
     pool_.allocate(size_t(L) * config.n_blocks * config.layout.block_bytes, "the block pool");
@@ -236,6 +254,9 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
     states_.allocate(size_t(L) * config.max_seqs * sizeof(cuda::SeqState), "the sequence states");
     check_cuda(cudaMemset(states_.get(), 0, states_.bytes()), "cudaMemset");
     check_cuda(cudaMemset(tables_.get(), 0, tables_.bytes()), "cudaMemset");
+    if (shape_.given_key_norms)
+        slot_norms2_.allocate(size_t(config.max_seqs) * L * (size_t(config.sink_tokens) + config.window) * 8,
+                              "the window tokens' key norms");
 
     // Codebook tables: fp32 for the encoders, half2 pairs for attention.
     const size_t n_centers = size_t(L) * H * R * C * d;
@@ -289,14 +310,16 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
 
     // Encoding scratch.
     const uint32_t E = encode_batch_;
-    enc_t_.allocate(size_t(E) * D * 4, "key encoding");
+    enc_t_.allocate(size_t(E) * cb.key_dim() * 4, "key encoding");
     enc_scales_.allocate(size_t(E) * shape_.n_key_scales * 4, "key scales");
     enc_codes_.allocate(size_t(E) * H * R * 2, "key codes");
     enc_bits_.allocate(size_t(E) * n2 / 8, "value codes");
     enc_weights_.allocate(size_t(E) * 4, "value weights");
     enc_scratch_.allocate(cuda::value_encoder_scratch_floats(shape_, E) * 4, "value encoding");
-    stage_k_.allocate(size_t(E) * half_bytes_, "staging host keys");
-    stage_v_.allocate(size_t(E) * half_bytes_, "staging host values");
+    stage_k_.allocate(size_t(E) * key_bytes_, "staging host keys");
+    stage_v_.allocate(size_t(E) * value_bytes_, "staging host values");
+    if (shape_.given_key_norms) stage_norms_.allocate(size_t(E) * norm_heads_ * 8, "staging host key norms");
+    stage_head_norms_.allocate(size_t(E) * H * 8, "key norms");
 
     // Attention: the plan (launch geometry, shared memory) is fixed here, so
     // every call and every captured graph launches the same kernels; scratch
@@ -353,7 +376,13 @@ cuda::UncompressedView CudaBackend::slots_view(uint32_t layer) const {
     u.seq_stride = seq_slots_bytes_;
     u.sinks = config_.sink_tokens;
     u.window = config_.window;
-    u.half_bytes = uint32_t(half_bytes_);
+    u.key_bytes = uint32_t(key_bytes_);
+    u.value_bytes = uint32_t(value_bytes_);
+    if (slot_norms2_.bytes()) {
+        const size_t slots = size_t(config_.sink_tokens) + config_.window;
+        u.norms2 = slot_norms2_.get<double>() + size_t(layer) * slots;
+        u.norms2_seq_stride = slots * cb_.n_layers;
+    }
     u.io_dtype = config_.io_dtype;
     u.key_convention = config_.key_convention;
     return u;
@@ -362,7 +391,7 @@ cuda::UncompressedView CudaBackend::slots_view(uint32_t layer) const {
 uint8_t* CudaBackend::slot_ptr(uint32_t seq, uint32_t layer, uint64_t position) const {
     const uint64_t S = config_.sink_tokens;
     const uint64_t s = position < S ? position : S + (position - S) % config_.window;
-    return slots_.get<uint8_t>() + seq * seq_slots_bytes_ + layer * layer_slots_bytes_ + s * 2 * half_bytes_;
+    return slots_.get<uint8_t>() + seq * seq_slots_bytes_ + layer * layer_slots_bytes_ + s * (key_bytes_ + value_bytes_);
 }
 
 cuda::KeyTables CudaBackend::key_tables(uint32_t layer) const {
@@ -421,7 +450,8 @@ void CudaBackend::sync_view(uint32_t layer, const LayerView& view) {
 // reading positions below from_input_position from their window slots and
 // later ones from the device rows k, v.
 void CudaBackend::encode(uint32_t layer, uint32_t seq, uint64_t first_position, uint32_t n,
-                         uint64_t from_input_position, const void* k, const void* v) {
+                         uint64_t from_input_position, const void* k, const void* v, const double* norms2,
+                         uint64_t norms2_head_stride) {
     const uint64_t S = config_.sink_tokens;
     for (uint32_t done = 0; done < n;) {
         const uint32_t m = std::min(n - done, encode_batch_);
@@ -432,6 +462,8 @@ void CudaBackend::encode(uint32_t layer, uint32_t seq, uint64_t first_position, 
         src.from_input_position = from_input_position;
         src.input_k = k;
         src.input_v = v;
+        src.input_norms2 = norms2;
+        src.norms2_head_stride = norms2_head_stride;
         check_cuda(cuda::launch_prepare_keys(shape_, src, m, rope_freq_.get<double>(), enc_t_.get<float>(),
                                              enc_scales_.get<float>(), stream_),
                    "key preparation");
@@ -450,29 +482,45 @@ void CudaBackend::encode(uint32_t layer, uint32_t seq, uint64_t first_position, 
     }
 }
 
-// The rows in turn through append(), the path the GPU tests cover (one
+// The rows in turn through append_row(), the path the GPU tests cover (one
 // encoder pass per row; with device pointers nothing waits for the host).
 // Encoding every row's leaving tokens in one pass is the faster form; it is
 // kept apart until it has run on a GPU (docs/GPU.md).
 void CudaBackend::append_batch(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
                                const void* k, const void* v) {
-    const size_t row_bytes = size_t(n_tokens) * half_bytes_;
+    append_batch_norms(layer, n_rows, rows, n_tokens, k, v, nullptr);
+}
+
+void CudaBackend::append_batch_norms(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
+                                     const void* k, const void* v, const double* key_norms2) {
+    const size_t k_row = size_t(n_tokens) * key_bytes_, v_row = size_t(n_tokens) * value_bytes_;
+    const uint64_t head_stride = uint64_t(n_rows) * n_tokens;  // key_norms2 [heads][n_rows * n_tokens]
     for (uint32_t r = 0; r < n_rows; ++r)
-        append(layer, rows[r].before, rows[r].after, n_tokens, static_cast<const uint8_t*>(k) + r * row_bytes,
-               static_cast<const uint8_t*>(v) + r * row_bytes);
+        append_row(layer, rows[r].before, rows[r].after, n_tokens, static_cast<const uint8_t*>(k) + r * k_row,
+                   static_cast<const uint8_t*>(v) + r * v_row,
+                   key_norms2 ? key_norms2 + size_t(r) * n_tokens : nullptr, head_stride);
 }
 
 void CudaBackend::append(uint32_t layer, const LayerView& before, const LayerView& after, uint32_t n_tokens,
                          const void* k, const void* v) {
+    append_row(layer, before, after, n_tokens, k, v, nullptr, 0);
+}
+
+void CudaBackend::append_row(uint32_t layer, const LayerView& before, const LayerView& after, uint32_t n_tokens,
+                             const void* k, const void* v, const double* norms2, uint64_t norms2_head_stride) {
     DeviceScope scope(device_);
     check_cuda(cublasSetStream(cublas_, stream_) == CUBLAS_STATUS_SUCCESS ? 0 : int(cudaErrorUnknown),
                "cublasSetStream");
+    // The cache passes norms exactly when the shape needs them.
+    if (bool(norms2) != shape_.given_key_norms)
+        throw Error(COMMVQ_ERR_INTERNAL, "CUDA append: key norms given to a cache that takes none, or missing");
     const uint32_t seq = after.seq;
     sync_table(after, after.compressed);
     const uint64_t S = config_.sink_tokens, kept = S + config_.window;
     const void* k_dev = device_view(k);
     const void* v_dev = device_view(v);
-    const bool staged = !k_dev || !v_dev;
+    const double* n_dev = norms2 ? static_cast<const double*>(device_view(norms2)) : nullptr;
+    const bool staged = !k_dev || !v_dev || (norms2 && !n_dev);
     // Host rows travel in batches of encode_batch_ tokens, each one append
     // step of its own; device rows go in one step. A mix of host and device
     // pointers is staged too (cudaMemcpyDefault copies each by what it is).
@@ -481,29 +529,92 @@ void CudaBackend::append(uint32_t layer, const LayerView& before, const LayerVie
     for (uint32_t i0 = 0; i0 < n_tokens; i0 += step) {
         const uint32_t n = std::min(step, n_tokens - i0);
         const void *kr, *vr;
+        const double* nr = nullptr;
+        uint64_t n_stride = norms2_head_stride;
         if (staged) {
-            check_cuda(cudaMemcpyAsync(stage_k_.get(), static_cast<const uint8_t*>(k) + i0 * half_bytes_,
-                                       n * half_bytes_, cudaMemcpyDefault, stream_), "copying keys");
-            check_cuda(cudaMemcpyAsync(stage_v_.get(), static_cast<const uint8_t*>(v) + i0 * half_bytes_,
-                                       n * half_bytes_, cudaMemcpyDefault, stream_), "copying values");
+            check_cuda(cudaMemcpyAsync(stage_k_.get(), static_cast<const uint8_t*>(k) + i0 * key_bytes_,
+                                       n * key_bytes_, cudaMemcpyDefault, stream_), "copying keys");
+            check_cuda(cudaMemcpyAsync(stage_v_.get(), static_cast<const uint8_t*>(v) + i0 * value_bytes_,
+                                       n * value_bytes_, cudaMemcpyDefault, stream_), "copying values");
             kr = stage_k_.get();
             vr = stage_v_.get();
+            if (norms2) {
+                // Each head's run of this batch's tokens, into rows of encode_batch_.
+                check_cuda(cudaMemcpy2DAsync(stage_norms_.get(), size_t(encode_batch_) * 8, norms2 + i0,
+                                             norms2_head_stride * 8, size_t(n) * 8, norm_heads_, cudaMemcpyDefault,
+                                             stream_),
+                           "copying key norms");
+                nr = stage_norms_.get<double>();
+                n_stride = encode_batch_;
+            }
         } else {
-            kr = static_cast<const uint8_t*>(k_dev) + i0 * half_bytes_;
-            vr = static_cast<const uint8_t*>(v_dev) + i0 * half_bytes_;
+            kr = static_cast<const uint8_t*>(k_dev) + i0 * key_bytes_;
+            vr = static_cast<const uint8_t*>(v_dev) + i0 * value_bytes_;
+            if (norms2) nr = n_dev + i0;
         }
         const uint64_t new_length = length + n;
         const uint64_t new_compressed = new_length > kept ? std::max(compressed, new_length - kept) : compressed;
         // Tokens leaving the window are encoded while the window still holds them.
-        encode(layer, seq, S + compressed, uint32_t(new_compressed - compressed), length, kr, vr);
+        encode(layer, seq, S + compressed, uint32_t(new_compressed - compressed), length, kr, vr, nr, n_stride);
         check_cuda(cuda::launch_store_uncompressed(slots_view(layer), seq, length, n, S, S + new_compressed, kr, vr,
-                                                   stream_),
+                                                   nr, n_stride, norm_heads_, stream_),
                    "storing uncompressed tokens");
         if (staged) wait();  // the staging buffers are reused by the next batch
         length = new_length;
         compressed = new_compressed;
     }
     sync_view(layer, after);
+}
+
+// Rows in groups of at most kMaxNormRowsPerLaunch (their positions travel
+// as a kernel argument). Device keys and output: one launch per group.
+// Host keys or output: batches of at most encode_batch_ tokens through the
+// staging buffers, waited for.
+void CudaBackend::key_head_norms2(uint32_t n_rows, const uint64_t* positions, uint32_t n_tokens, const void* k,
+                                  double* out) const {
+    DeviceScope scope(device_);
+    const void* k_dev = device_view(k);
+    double* out_dev = static_cast<double*>(const_cast<void*>(device_view(out)));
+    const bool staged = !k_dev || !out_dev;
+    const uint64_t n_all = uint64_t(n_rows) * n_tokens;  // out [heads][n_rows * n_tokens]
+    const uint32_t H = cb_.n_kv_heads;
+    // Per launch: rows nr of tokens tn each (staged: nr * tn <= encode_batch_).
+    const uint32_t tn_max = staged ? std::min(n_tokens, encode_batch_) : n_tokens;
+    const uint32_t nr_max = staged ? std::max<uint32_t>(1, std::min(cuda::kMaxNormRowsPerLaunch, encode_batch_ / tn_max))
+                                   : cuda::kMaxNormRowsPerLaunch;
+    for (uint32_t r0 = 0; r0 < n_rows; r0 += nr_max) {
+        const uint32_t nr = std::min(nr_max, n_rows - r0);
+        for (uint32_t t0 = 0; t0 < n_tokens; t0 += tn_max) {
+            const uint32_t tn = std::min(tn_max, n_tokens - t0);
+            cuda::KeyNormRows rows;
+            for (uint32_t i = 0; i < nr; ++i) rows.positions[i] = positions[r0 + i] + t0;
+            const size_t first = size_t(r0) * n_tokens + t0;  // token (r0, t0)
+            if (!staged) {
+                check_cuda(cuda::launch_key_head_norms2(shape_, config_.io_dtype, config_.key_convention,
+                                                        rope_freq_.get<double>(), nr, rows, tn,
+                                                        static_cast<const uint8_t*>(k_dev) + first * key_bytes_,
+                                                        n_tokens, out_dev + first, n_all, n_tokens, stream_),
+                           "commvq_cache_key_norms2");
+                continue;
+            }
+            check_cuda(cudaMemcpy2DAsync(stage_k_.get(), size_t(tn) * key_bytes_,
+                                         static_cast<const uint8_t*>(k) + first * key_bytes_,
+                                         size_t(n_tokens) * key_bytes_, size_t(tn) * key_bytes_, nr,
+                                         cudaMemcpyDefault, stream_),
+                       "copying keys");
+            const uint64_t staged_n = uint64_t(nr) * tn;  // stage_head_norms_ [heads][nr * tn]
+            check_cuda(cuda::launch_key_head_norms2(shape_, config_.io_dtype, config_.key_convention,
+                                                    rope_freq_.get<double>(), nr, rows, tn, stage_k_.get(), tn,
+                                                    stage_head_norms_.get<double>(), staged_n, tn, stream_),
+                       "commvq_cache_key_norms2");
+            for (uint32_t h = 0; h < H; ++h)
+                check_cuda(cudaMemcpy2DAsync(out + h * n_all + first, size_t(n_tokens) * 8,
+                                             stage_head_norms_.get<double>() + h * staged_n, size_t(tn) * 8,
+                                             size_t(tn) * 8, nr, cudaMemcpyDefault, stream_),
+                           "copying key norms");
+            wait();  // the staging buffers are reused, and host memory is read or written
+        }
+    }
 }
 
 void CudaBackend::copy_block(uint32_t src, uint32_t dst) {
@@ -521,6 +632,13 @@ void CudaBackend::copy_uncompressed(uint32_t src, uint32_t dst) {
                                slots_.get<uint8_t>() + src * seq_slots_bytes_, seq_slots_bytes_,
                                cudaMemcpyDeviceToDevice, stream_),
                "copying a window");
+    if (slot_norms2_.bytes()) {
+        const size_t per_seq = slot_norms2_.bytes() / config_.max_seqs;
+        check_cuda(cudaMemcpyAsync(slot_norms2_.get<uint8_t>() + dst * per_seq,
+                                   slot_norms2_.get<uint8_t>() + src * per_seq, per_seq, cudaMemcpyDeviceToDevice,
+                                   stream_),
+                   "copying a window's key norms");
+    }
 }
 
 void CudaBackend::attend(const AttendCall& call) {
@@ -649,9 +767,9 @@ void CudaBackend::read_uncompressed(uint32_t layer, const LayerView& view, uint6
     wait();
     for (uint64_t t = 0; t < count; ++t) {
         const uint8_t* slot = slot_ptr(view.seq, layer, position + t);
-        check_cuda(cudaMemcpy(static_cast<uint8_t*>(k) + t * half_bytes_, slot, half_bytes_, cudaMemcpyDeviceToHost),
+        check_cuda(cudaMemcpy(static_cast<uint8_t*>(k) + t * key_bytes_, slot, key_bytes_, cudaMemcpyDeviceToHost),
                    "reading a window");
-        check_cuda(cudaMemcpy(static_cast<uint8_t*>(v) + t * half_bytes_, slot + half_bytes_, half_bytes_,
+        check_cuda(cudaMemcpy(static_cast<uint8_t*>(v) + t * value_bytes_, slot + key_bytes_, value_bytes_,
                               cudaMemcpyDeviceToHost),
                    "reading a window");
     }
@@ -663,10 +781,10 @@ void CudaBackend::write_uncompressed(uint32_t layer, const LayerView& view, uint
     wait();
     for (uint64_t t = 0; t < count; ++t) {
         uint8_t* slot = slot_ptr(view.seq, layer, position + t);
-        check_cuda(cudaMemcpy(slot, static_cast<const uint8_t*>(k) + t * half_bytes_, half_bytes_,
+        check_cuda(cudaMemcpy(slot, static_cast<const uint8_t*>(k) + t * key_bytes_, key_bytes_,
                               cudaMemcpyHostToDevice),
                    "writing a window");
-        check_cuda(cudaMemcpy(slot + half_bytes_, static_cast<const uint8_t*>(v) + t * half_bytes_, half_bytes_,
+        check_cuda(cudaMemcpy(slot + key_bytes_, static_cast<const uint8_t*>(v) + t * value_bytes_, value_bytes_,
                               cudaMemcpyHostToDevice),
                    "writing a window");
     }
@@ -681,7 +799,8 @@ uint64_t CudaBackend::bytes_reserved() const {
     uint64_t n = bytes_codebook();
     for (const DeviceBuffer* b : {&pool_, &slots_, &tables_, &states_, &enc_t_, &enc_scales_, &enc_codes_,
                                   &enc_bits_, &enc_weights_, &enc_scratch_, &stage_k_, &stage_v_, &q_in_,
-                                  &partials_, &out_stage_, &lse_stage_, &cublas_workspace_})
+                                  &partials_, &out_stage_, &lse_stage_, &cublas_workspace_, &slot_norms2_,
+                                  &stage_norms_, &stage_head_norms_})
         n += b->bytes();
     return n;
 }

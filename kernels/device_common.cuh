@@ -20,6 +20,11 @@ constexpr float kLn2 = 0.6931471805599453f;
 template <class T>
 __host__ __device__ __forceinline__ T tmin(T a, T b) { return a < b ? a : b; }
 
+// Bytes of one element of a COMMVQ_DTYPE_*.
+__host__ __device__ __forceinline__ uint32_t io_element_bytes(int32_t dtype) {
+    return dtype == COMMVQ_DTYPE_F32 ? 4 : 2;
+}
+
 __device__ __forceinline__ float load_element(const void* base, size_t i, int32_t dtype) {
     switch (dtype) {
     case COMMVQ_DTYPE_F16: return __half2float(static_cast<const __half*>(base)[i]);
@@ -51,10 +56,17 @@ __device__ __forceinline__ void rope_angle(uint64_t position, double freq, float
     sincospif(float(2.0 * turns), s, c);
 }
 
-// The uncompressed slot of a position (launchers.h UncompressedView).
+// The uncompressed slot index of a position (launchers.h UncompressedView).
+__device__ __forceinline__ uint64_t slot_index(const UncompressedView& u, uint64_t position) {
+    return position < u.sinks ? position : u.sinks + (position - u.sinks) % u.window;
+}
+// Its keys; the values follow at key_bytes.
 __device__ __forceinline__ uint8_t* slot_address(const UncompressedView& u, uint32_t seq, uint64_t position) {
-    const uint64_t s = position < u.sinks ? position : u.sinks + (position - u.sinks) % u.window;
-    return u.base + seq * u.seq_stride + s * 2 * u.half_bytes;
+    return u.base + seq * u.seq_stride + slot_index(u, position) * (uint64_t(u.key_bytes) + u.value_bytes);
+}
+// Its squared key norm over all heads (u.norms2 set).
+__device__ __forceinline__ double& slot_norm2(const UncompressedView& u, uint32_t seq, uint64_t position) {
+    return u.norms2[seq * u.norms2_seq_stride + slot_index(u, position)];
 }
 
 __device__ __forceinline__ const uint8_t* block_address(const PoolView& p, uint32_t seq, uint64_t index) {
@@ -66,10 +78,10 @@ __device__ __forceinline__ const uint8_t* block_address(const PoolView& p, uint3
 __device__ __forceinline__ const void* source_row(const EncodeSource& src, uint64_t position, bool values) {
     if (position < src.from_input_position) {
         const uint8_t* slot = slot_address(src.slots, src.seq, position);
-        return values ? slot + src.slots.half_bytes : slot;
+        return values ? slot + src.slots.key_bytes : slot;
     }
     const uint8_t* input = static_cast<const uint8_t*>(values ? src.input_v : src.input_k);
-    return input + (position - src.from_input_position) * src.slots.half_bytes;
+    return input + (position - src.from_input_position) * (values ? src.slots.value_bytes : src.slots.key_bytes);
 }
 
 }  // namespace cuda

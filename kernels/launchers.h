@@ -27,7 +27,25 @@ struct ModelShape {
     uint32_t value_hidden = 0;     // I
     uint32_t n_key_scales = 0;     // 1 (token) or n_kv_heads (head)
     int32_t pair_layout = 0;       // COMMVQ_PAIRS_*
+    // A slice cache (docs/PARALLEL.md) holds KV heads [kv_head_begin,
+    // kv_head_begin + n_kv_heads) of a model of value_kv_heads: keys, key
+    // tables and queries are the slice's (n_kv_heads, n_q_heads), values
+    // and their codebook the model's (D = value_kv_heads * head_dim). A
+    // cache of all heads: value_kv_heads = n_kv_heads, kv_head_begin = 0.
+    uint32_t value_kv_heads = 0;
+    uint32_t kv_head_begin = 0;
+    // Whether appends bring each token's squared key norms of all the
+    // model's heads (a slice in the token scale mode; EncodeSource).
+    bool given_key_norms = false;
 };
+
+#if defined(__CUDACC__)
+#define COMMVQ_SHAPE_HD __host__ __device__
+#else
+#define COMMVQ_SHAPE_HD
+#endif
+// D: the channels of a token's values, all of the model's heads (a slice's too).
+COMMVQ_SHAPE_HD inline uint32_t value_dim(const ModelShape& m) { return m.value_kv_heads * m.head_dim; }
 
 // One layer of the block pool (block_layout.h), with the device block tables.
 struct PoolView {
@@ -46,17 +64,23 @@ struct PoolView {
 
 // The uncompressed tokens (sinks and window) of one layer, stored as the
 // host appended them (io dtype, model pair layout, host key convention):
-// per sequence and layer, S + W slots of [2][n_kv_heads][head_dim] (keys,
-// then values). Sink position p < S is slot p; window position p >= S is
-// slot S + (p - S) % W.
+// per sequence and layer, S + W slots of the token's keys [n_kv_heads]
+// [head_dim] then its values [value_kv_heads][head_dim] (a slice cache keeps
+// its own heads' keys and all values, as the CPU's storage does). Sink
+// position p < S is slot p; window position p >= S is slot S + (p - S) % W.
+// A slice in the token scale mode also keeps each slot's squared key norm
+// over all heads (norms2, same slot numbering), for when it is encoded.
 struct UncompressedView {
     uint8_t* base = nullptr;     // slot 0 of sequence 0 of this layer
     uint64_t seq_stride = 0;     // bytes from one sequence to the next
     uint32_t sinks = 0;          // S
     uint32_t window = 0;         // W
-    uint32_t half_bytes = 0;     // bytes of the keys (or values) of one token
+    uint32_t key_bytes = 0;      // bytes of the keys of one token (a multiple of 4)
+    uint32_t value_bytes = 0;    // bytes of the values of one token (a multiple of 4)
     int32_t io_dtype = 0;
     int32_t key_convention = 0;  // COMMVQ_KEYS_*
+    double* norms2 = nullptr;    // slot 0 of sequence 0 of this layer, or null
+    uint64_t norms2_seq_stride = 0;  // elements from one sequence to the next
 };
 
 // Device mirror of a layer's sequence state (sequence.h LayerView), read by
@@ -86,14 +110,34 @@ struct EncodeSource {
     uint64_t first_position = 0;       // of the first token to encode
     uint64_t from_input_position = 0;  // positions from here on are input rows
     const void* input_k = nullptr;     // [rows][n_kv_heads][head_dim]
-    const void* input_v = nullptr;
+    const void* input_v = nullptr;     // [rows][value_kv_heads][head_dim]
+    // ModelShape::given_key_norms: the input rows' squared key norms of
+    // every head of the model, head h of row i at input_norms2[h *
+    // norms2_head_stride + i] (the caller's [heads][rows] array).
+    const double* input_norms2 = nullptr;
+    uint64_t norms2_head_stride = 0;
 };
 
 // Keys of n tokens -> normalized pre-RoPE keys t [n][n_kv_heads][head_dim]
 // (canonical pair layout) and scales [n][n_key_scales]. rope_freq: w_j /
-// (2 pi) per pair, double, on the device.
+// (2 pi) per pair, double, on the device. Scales are square roots of the
+// sums of key_scale.h: per head, or per token over its heads' (or, with
+// given_key_norms, over the model's heads' given norms).
 int launch_prepare_keys(const ModelShape& m, const EncodeSource& src, uint32_t n, const double* rope_freq,
                         float* t, float* scales, void* stream);
+// The squared norm of each head of n_rows rows of n_tokens keys
+// (key_scale::head_norm2 of the pre-RoPE canonical key, post-RoPE keys
+// un-rotated first, as launch_prepare_keys does): key token t of row r at
+// k + (r * row_stride + t) * key bytes, at position positions[r] + t; its
+// head h into out[h * head_stride + r * out_row_stride + t].
+constexpr uint32_t kMaxNormRowsPerLaunch = 128;
+struct KeyNormRows {
+    uint64_t positions[kMaxNormRowsPerLaunch];
+};
+int launch_key_head_norms2(const ModelShape& m, int32_t io_dtype, int32_t key_convention, const double* rope_freq,
+                           uint32_t n_rows, const KeyNormRows& rows, uint32_t n_tokens, const void* k,
+                           uint64_t row_stride, double* out, uint64_t head_stride, uint64_t out_row_stride,
+                           void* stream);
 // Greedy residual search over the key codebook of one layer:
 // codes [n][n_kv_heads][key_stages] of the residuals t [n][n_kv_heads][head_dim].
 struct KeyTables {
@@ -170,10 +214,12 @@ int launch_store_compressed(const ModelShape& m, const PoolView& pool, uint32_t 
                             const float* weights, void* stream);
 // Copies the uncompressed ones among n new tokens (positions first_position
 // + i) into their slots: sink positions below `sinks`, window positions from
-// `first_window` on; the others are skipped.
+// `first_window` on; the others are skipped. Where the slots keep norms
+// (slots.norms2), each token's key_scale::token_norm2 of the given norms
+// (head h of token i at norms2[h * norms2_head_stride + i], n_heads heads).
 int launch_store_uncompressed(const UncompressedView& slots, uint32_t seq, uint64_t first_position, uint32_t n,
                               uint64_t sinks, uint64_t first_window, const void* k, const void* v,
-                              void* stream);
+                              const double* norms2, uint64_t norms2_head_stride, uint32_t n_heads, void* stream);
 
 // ---- attention ----------------------------------------------------------
 
@@ -192,6 +238,7 @@ struct AttendPlan {
     uint32_t code_words = 0;        // 32-bit words staged per token for one head's stage codes (layout.h)
     uint32_t smem_bytes = 0;
     uint32_t resident_ctas = 0;     // CTAs of the attention kernel that run at once
+    uint32_t forced_splits = 0;     // COMMVQ_CUDA_ATTEND_SPLITS when set (attend_splits), else 0
 };
 // Fills *plan for this shape on the current device; returns a cudaError_t
 // (cudaErrorNotSupported when no plan fits).
@@ -204,7 +251,7 @@ struct AttendParams {
     UncompressedView slots;
     const SeqState* states = nullptr;  // this layer, [max_seqs]
     const void* key_table = nullptr;   // half [n_kv_heads][R][C][head_dim], canonical
-    const float* value_codebook = nullptr;  // E [2n][D]
+    const float* value_codebook = nullptr;  // E [2n][D], all of the model's heads (a slice reads its columns)
     const float* value_lambda = nullptr;    // [D]
     const double* rope_freq = nullptr;      // [head_dim / 2], w_j / (2 pi)
     const void* q = nullptr;                // [n_rows][n_q_heads][head_dim], io dtype, model layout

@@ -34,7 +34,7 @@ struct Scratch {
     float *x, *hidden, *hidden_bf16, *logits, *sigma;
     size_t total;
     Scratch(const ModelShape& m, uint32_t n, float* base) {
-        const size_t D = size_t(m.n_kv_heads) * m.head_dim, I = m.value_hidden, n2 = m.value_code_bits;
+        const size_t D = size_t(value_dim(m)), I = m.value_hidden, n2 = m.value_code_bits;
         // hidden later holds the bit operands: 2n floats (fp32), or 3 x 2n bf16 (the split product).
         const size_t wide = std::max(I, (3 * n2 + 1) / 2);
         size_t at = 0;
@@ -72,7 +72,7 @@ prepare_values_kernel(const __grid_constant__ ModelShape m, const __grid_constan
                       const __grid_constant__ ValueTables vt, bool bf16_out, void* x_all, float* sigma_all) {
     extern __shared__ float u[];  // [D]
     __shared__ double partial[kWarps];
-    const uint32_t D = m.n_kv_heads * m.head_dim;
+    const uint32_t D = value_dim(m);
     const void* v = source_row(src, src.first_position + blockIdx.x, true);
     double s2 = 0;
     for (uint32_t c = threadIdx.x; c < D; c += kThreads) {
@@ -234,19 +234,19 @@ bool parse_value_precision(const char* name, ValuePrecision* out) {
 size_t value_encoder_scratch_floats(const ModelShape& m, uint32_t n) { return Scratch(m, n, nullptr).total; }
 
 size_t value_tables_low_precision_elems(const ModelShape& m) {
-    const size_t D = size_t(m.n_kv_heads) * m.head_dim, I = m.value_hidden, n2 = m.value_code_bits;
+    const size_t D = size_t(value_dim(m)), I = m.value_hidden, n2 = m.value_code_bits;
     return I * D + 2 * n2 * I + 3 * n2 * D;
 }
 
 void point_value_tables_low_precision(const ModelShape& m, const uint16_t* low, ValueTables* vt) {
-    const size_t D = size_t(m.n_kv_heads) * m.head_dim, I = m.value_hidden, n2 = m.value_code_bits;
+    const size_t D = size_t(value_dim(m)), I = m.value_hidden, n2 = m.value_code_bits;
     vt->enc1_weight_bf16 = low;
     vt->enc2_weight_bf16 = low + I * D;
     vt->codebook_bf16x3 = low + I * D + 2 * n2 * I;
 }
 
 int launch_value_tables_low_precision(const ModelShape& m, ValueTables* vt, uint16_t* out, void* stream) {
-    const size_t D = size_t(m.n_kv_heads) * m.head_dim, I = m.value_hidden, n2 = m.value_code_bits;
+    const size_t D = size_t(value_dim(m)), I = m.value_hidden, n2 = m.value_code_bits;
     const size_t n1 = I * D, n_enc2 = 2 * n2 * I, nE = n2 * D;
     low_precision_tables_kernel<<<grid_for(n1 + n_enc2 + nE), kThreads, 0, cudaStream_t(stream)>>>(
         vt->enc1_weight, n1, vt->enc2_weight, n_enc2, vt->codebook, nE, reinterpret_cast<__nv_bfloat16*>(out));
@@ -261,7 +261,7 @@ int launch_encode_values(const ModelShape& m, const ValueTables& vt, const Encod
     const bool bf16 = precision == ValuePrecision::bf16, split = precision != ValuePrecision::fp32;
     if (split && (!vt.enc1_weight_bf16 || !vt.enc2_weight_bf16 || !vt.codebook_bf16x3))
         return int(cudaErrorInvalidValue);
-    const uint32_t D = m.n_kv_heads * m.head_dim, I = m.value_hidden, n2 = m.value_code_bits, n4 = 2 * n2;
+    const uint32_t D = value_dim(m), I = m.value_hidden, n2 = m.value_code_bits, n4 = 2 * n2;
     if (D % 4 || I % 4 || n2 % 64) return int(cudaErrorInvalidValue);  // the vector loads above
     cudaStream_t s = cudaStream_t(stream);
     cublasHandle_t h = cublasHandle_t(cublas);

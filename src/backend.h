@@ -7,8 +7,8 @@
 // back end never has to undo anything; it throws commvq::Error only for
 // failures of its own device (e.g. COMMVQ_ERR_CUDA).
 //
-// CpuBackend (cpu_backend.h) is the one implementation today; a CUDA back end
-// (kernels/, built with COMMVQ_WITH_CUDA) implements the same interface.
+// CpuBackend (cpu_backend.h) and the CUDA back end (kernels/cuda_backend.cu,
+// built with COMMVQ_WITH_CUDA) implement it.
 #pragma once
 
 #include <cstddef>
@@ -83,19 +83,22 @@ public:
                               const void* k, const void* v) = 0;
 
     // A slice cache's appends in the `token` scale mode (docs/PARALLEL.md):
-    // append_batch (n_rows = 1: append) with token_norms2 [n_rows *
-    // n_tokens], each new token's squared key norm over all the model's KV
-    // heads. Only the CPU back end has slice caches.
+    // append_batch (n_rows = 1: append) with key_norms2 [value_kv_heads][n_rows
+    // * n_tokens], each new token's squared key norm of every one of the
+    // model's KV heads, as the caller passed them (host or, on a device back
+    // end, device memory). A token's norm is key_scale::token_norm2 of its
+    // column; tokens that stay in the window keep it for their encoding.
     virtual void append_batch_norms(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
-                                    const void* k, const void* v, const double* token_norms2);
+                                    const void* k, const void* v, const double* key_norms2) = 0;
 
     // Per-head squared norms of pre-RoPE keys (post-RoPE keys un-rotated
     // first, as encoding does), key_head_norm2 of each head in the canonical
     // layout: k [n_rows][n_tokens][n_kv_heads][head_dim] in io_dtype, token
-    // t of row r at position positions[r] + t; out [n_kv_heads][n_rows *
-    // n_tokens]. The CPU back end only.
+    // t of row r at position positions[r] + t (positions: host memory); out
+    // [n_kv_heads][n_rows * n_tokens]. k and out as the caller passed them
+    // (host or, on a device back end, device memory).
     virtual void key_head_norms2(uint32_t n_rows, const uint64_t* positions, uint32_t n_tokens, const void* k,
-                                 double* out) const;
+                                 double* out) const = 0;
 
     // Copies every layer of block src into block dst (copy-on-write).
     virtual void copy_block(uint32_t src, uint32_t dst) = 0;

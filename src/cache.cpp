@@ -60,14 +60,6 @@ commvq_cache_params_t resolve_params(const Codebook& cb, commvq_cache_params_t p
             COMMVQ_ERR_SHAPE_MISMATCH, std::string(fn) + "the codebook's head counts are inconsistent");
     require(cb.value_code_bits() % 8 == 0 && cb.code_bits() <= 16, COMMVQ_ERR_SHAPE_MISMATCH,
             std::string(fn) + "the codebook's code widths are not supported");
-    if (p.kv_head_count != 0 && p.kv_head_count != cb.n_kv_heads)
-        require(p.device == COMMVQ_DEVICE_CPU, COMMVQ_ERR_NOT_SUPPORTED, [&] {
-            return std::string(fn) + "kv_head_begin " + str(p.kv_head_begin) + ", kv_head_count " +
-                   str(p.kv_head_count) + " (KV heads " + str(p.kv_head_begin) + ".." +
-                   str(uint64_t(p.kv_head_begin) + p.kv_head_count - 1) + " of " + str(cb.n_kv_heads) +
-                   ") on CUDA device " + std::to_string(p.device) +
-                   ": caches of a slice of the KV heads are implemented on the CPU back end only (docs/PARALLEL.md)";
-        });
     require(p.kv_head_count <= cb.n_kv_heads && p.kv_head_begin <= cb.n_kv_heads - p.kv_head_count &&
                 (p.kv_head_count != 0 || p.kv_head_begin == 0),
             COMMVQ_ERR_INVALID_ARGUMENT, [&] {
@@ -251,7 +243,7 @@ void Cache::append_norms2(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_i
     append_rows("commvq_cache_append_norms2", layer, n_seqs, seq_ids, n_tokens, k, v, key_norms2);
 }
 
-bool Cache::needs_key_norms() const { return cb_.is_slice() && cb_.scale_mode == COMMVQ_SCALE_TOKEN; }
+bool Cache::needs_key_norms() const { return cb_.needs_given_key_norms(); }
 
 void Cache::require_key_norms(const char* fn, const double* key_norms2) const {
     require(key_norms2 || !needs_key_norms(), COMMVQ_ERR_INVALID_ARGUMENT, [&] {
@@ -269,8 +261,6 @@ void Cache::key_norms2(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids,
     require(n_seqs > 0, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_key_norms2: n_seqs is 0");
     require(n_tokens > 0, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_key_norms2: n_tokens is 0");
     require(seq_ids && k && norms2, COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_key_norms2: seq_ids, k or norms2 is NULL");
-    require(params_.device == COMMVQ_DEVICE_CPU, COMMVQ_ERR_NOT_SUPPORTED,
-            "commvq_cache_key_norms2: a CUDA cache; key norms are computed by CPU caches only");
     // Grown to the largest call: a steady stream of calls allocates nothing.
     if (norm_positions_.size() < n_seqs) norm_positions_.resize(n_seqs);
     uint64_t* positions = norm_positions_.data();
@@ -283,7 +273,7 @@ void Cache::key_norms2(uint32_t layer, uint32_t n_seqs, const uint32_t* seq_ids,
     }
     require(uint64_t(n_seqs) * n_tokens <= std::numeric_limits<size_t>::max() / cb_.key_dim() / 8,
             COMMVQ_ERR_INVALID_ARGUMENT, "commvq_cache_key_norms2: n_seqs * n_tokens is too large");
-    require_batch_inputs(fn, "k", k, params_.io_dtype, n_seqs, n_tokens, cb_.key_dim());
+    if (backend_->host_readable(k)) require_batch_inputs(fn, "k", k, params_.io_dtype, n_seqs, n_tokens, cb_.key_dim());
     backend_->key_head_norms2(n_seqs, positions, n_tokens, k, norms2);
 }
 
@@ -296,9 +286,6 @@ void Cache::append_rows(const char* fn, uint32_t layer, uint32_t n_seqs, const u
     require(n_tokens > 0, COMMVQ_ERR_INVALID_ARGUMENT, [&] { return f() + ": n_tokens is 0"; });
     require(seq_ids && k && v, COMMVQ_ERR_INVALID_ARGUMENT, [&] { return f() + ": seq_ids, k or v is NULL"; });
     require_key_norms(fn, key_norms2);
-    require(!key_norms2 || params_.device == COMMVQ_DEVICE_CPU, COMMVQ_ERR_NOT_SUPPORTED, [&] {
-        return f() + ": key_norms2 given to a CUDA cache; key norms are taken by CPU caches only";
-    });
 
     // Every id in range and named once: a sequence's stamp is this call's
     // once an entry names it. (A new stamp per call; all cleared when the
@@ -380,11 +367,12 @@ void Cache::append_rows(const char* fn, uint32_t layer, uint32_t n_seqs, const u
             require_batch_inputs(fn, x == k ? "k" : "v", x, params_.io_dtype, n_seqs, n_tokens,
                                  x == k ? cb_.key_dim() : cb_.value_dim());
     // The norms: every value finite and >= 0, the rows of this cache's own
-    // heads what its keys give; a slice in the token mode then takes each
-    // token's sum over the model's heads, in head order (KeyEncoder).
+    // heads what its keys give. Norms in device memory are not checked (the
+    // host cannot look), as device inputs are not; the back end sums each
+    // token's column in head order (key_scale.h).
     const size_t n_rows_all = size_t(n_rows);
-    if (key_norms2) {
-        const uint32_t H = cb_.value_kv_heads ? cb_.value_kv_heads : cb_.n_kv_heads;
+    if (key_norms2 && backend_->host_readable(key_norms2)) {
+        const uint32_t H = cb_.value_dim() / cb_.head_dim;
         for (size_t i = 0; i < size_t(H) * n_rows_all; ++i)
             require(std::isfinite(key_norms2[i]) && key_norms2[i] >= 0, COMMVQ_ERR_INVALID_ARGUMENT, [&] {
                 return f() + ": key_norms2 of head " + str(i / n_rows_all) + ", row " + str(i % n_rows_all) +
@@ -403,12 +391,6 @@ void Cache::append_rows(const char* fn, uint32_t layer, uint32_t n_seqs, const u
                        str(i % n_rows_all) + " is " + got + ", but this cache's keys give " + want +
                        " (commvq_cache_key_norms2 before the append; rows [head][n_seqs][n_tokens])";
             });
-        if (needs_key_norms()) {
-            if (token_norms2_.size() < n_rows_all) token_norms2_.resize(n_rows_all);
-            std::fill_n(token_norms2_.begin(), n_rows_all, 0.0);
-            for (uint32_t h = 0; h < H; ++h)
-                for (size_t i = 0; i < n_rows_all; ++i) token_norms2_[i] += key_norms2[size_t(h) * n_rows_all + i];
-        }
     }
 
     // Everything is checked: the rows change in turn, as appends would,
@@ -425,7 +407,7 @@ void Cache::append_rows(const char* fn, uint32_t layer, uint32_t n_seqs, const u
         append_rows_[i].after = s.view(seq, layer, params_.sink_tokens);
     }
     if (needs_key_norms())
-        backend_->append_batch_norms(layer, n_seqs, append_rows_.data(), n_tokens, k, v, token_norms2_.data());
+        backend_->append_batch_norms(layer, n_seqs, append_rows_.data(), n_tokens, k, v, key_norms2);
     else
         backend_->append_batch(layer, n_seqs, append_rows_.data(), n_tokens, k, v);
 }

@@ -115,10 +115,9 @@ private:
     std::vector<uint32_t> seq_stamps_;
     uint32_t stamp_ = 0;
     std::vector<uint32_t> shared_writers_;
-    // Scratch of append_norms2, grown to the largest call: the norms of this
-    // cache's heads as its keys give them, each token's sum over all heads.
+    // Scratch of append_norms2 with host norms, grown to the largest call:
+    // the norms of this cache's heads as its keys give them.
     std::vector<double> own_norms2_;
-    std::vector<double> token_norms2_;
     // Scratch of key_norms2 (a const call): the rows' first positions.
     mutable std::vector<uint64_t> norm_positions_;
 };

@@ -81,6 +81,10 @@ struct Codebook {
     uint32_t value_dim() const { return (value_kv_heads ? value_kv_heads : n_kv_heads) * head_dim; }  // D
     uint32_t key_dim() const { return n_kv_heads * head_dim; }  // keys of one token (D but in a slice)
     bool is_slice() const { return value_kv_heads != 0 && value_kv_heads != n_kv_heads; }
+    // Whether a token's key scale needs the squared key norms of heads this
+    // codebook does not hold (a slice in the token scale mode): appends
+    // then bring them (docs/PARALLEL.md).
+    bool needs_given_key_norms() const { return is_slice() && scale_mode == COMMVQ_SCALE_TOKEN; }
     uint32_t value_groups() const { return value_dim() * value_bits / 2; }  // n
     uint32_t value_code_bits() const { return 2 * value_groups(); }         // 2n
     uint32_t code_bits() const;                                            // bits of one stage code

@@ -6,6 +6,7 @@
 #include "code_packing.h"
 #include "dtype.h"
 #include "error.h"
+#include "key_scale.h"
 #include "pair_layout.h"
 
 namespace commvq {
@@ -15,15 +16,6 @@ namespace commvq {
 // the threads.
 constexpr uint64_t kEncodeBatch = KeyEncoder::kTile;
 static_assert(KeyEncoder::kTile == ValueEncoder::kTile, "one work item is one tile of both encoders");
-
-void Backend::append_batch_norms(uint32_t, uint32_t, const AppendRow*, uint32_t, const void*, const void*,
-                                 const double*) {
-    throw Error(COMMVQ_ERR_NOT_SUPPORTED, "this back end takes no key norms: slice caches are CPU caches");
-}
-
-void Backend::key_head_norms2(uint32_t, const uint64_t*, uint32_t, const void*, double*) const {
-    throw Error(COMMVQ_ERR_NOT_SUPPORTED, "commvq_cache_key_norms2: this back end computes no key norms (CPU caches only)");
-}
 
 std::unique_ptr<Backend> make_cpu_backend(const Codebook& cb, const BackendConfig& config) {
     return std::make_unique<CpuBackend>(cb, config);
@@ -63,7 +55,7 @@ CpuBackend::CpuBackend(const Codebook& cb, const BackendConfig& config)
 
 CpuBackend::EncodeJob CpuBackend::encode_job(uint32_t layer, const LayerView& before, const LayerView& after,
                                               uint64_t position, const uint8_t* k, const uint8_t* v,
-                                              const double* norms2) {
+                                              const RowNorms& norms2) {
     const uint64_t i = position - config_.sink_tokens;
     const uint32_t bt = config_.layout.block_tokens;
     EncodeJob job;
@@ -76,7 +68,7 @@ CpuBackend::EncodeJob CpuBackend::encode_job(uint32_t layer, const LayerView& be
     } else {
         job.k = k + (position - before.length) * storage_.key_bytes();
         job.v = v + (position - before.length) * storage_.value_bytes();
-        if (storage_.has_norms2()) job.norm2 = norms2[position - before.length];
+        if (storage_.has_norms2()) job.norm2 = norms2.token(position - before.length);
     }
     job.slot = token_slot(config_.layout, storage_.block(layer, after.blocks[i / bt]), uint32_t(i % bt));
     return job;
@@ -120,7 +112,7 @@ void CpuBackend::encode(uint32_t layer, unsigned thread, const EncodeJob* jobs, 
 
 // New tokens that stay uncompressed: sinks, then the window.
 void CpuBackend::store_uncompressed(uint32_t layer, const LayerView& before, const LayerView& after,
-                                    const uint8_t* k, const uint8_t* v, const double* norms2) {
+                                    const uint8_t* k, const uint8_t* v, const RowNorms& norms2) {
     const uint64_t S = config_.sink_tokens;
     const size_t kb = storage_.key_bytes(), vb = storage_.value_bytes();
     for (uint64_t p = before.length; p < after.length; ++p) {
@@ -128,7 +120,7 @@ void CpuBackend::store_uncompressed(uint32_t layer, const LayerView& before, con
         uint8_t* slot = storage_.slot(after.seq, layer, p);
         std::memcpy(slot, k + (p - before.length) * kb, kb);
         std::memcpy(slot + kb, v + (p - before.length) * vb, vb);
-        if (storage_.has_norms2()) storage_.norm2(after.seq, layer, p) = norms2[p - before.length];
+        if (storage_.has_norms2()) storage_.norm2(after.seq, layer, p) = norms2.token(p - before.length);
     }
 }
 
@@ -144,8 +136,8 @@ void CpuBackend::append_batch(uint32_t layer, uint32_t n_rows, const AppendRow* 
 }
 
 void CpuBackend::append_batch_norms(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
-                                    const void* k, const void* v, const double* token_norms2) {
-    append_rows(layer, n_rows, rows, n_tokens, k, v, token_norms2);
+                                    const void* k, const void* v, const double* key_norms2) {
+    append_rows(layer, n_rows, rows, n_tokens, k, v, key_norms2);
 }
 
 void CpuBackend::key_head_norms2(uint32_t n_rows, const uint64_t* positions, uint32_t n_tokens, const void* k,
@@ -168,11 +160,14 @@ void CpuBackend::key_head_norms2(uint32_t n_rows, const uint64_t* positions, uin
 // tokens leaving the window (or never entering it) are encoded first, while
 // the window still holds the old ones, then the rest are stored.
 void CpuBackend::append_rows(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
-                             const void* k, const void* v, const double* token_norms2) {
+                             const void* k, const void* v, const double* key_norms2) {
     const auto* k_in = static_cast<const uint8_t*>(k);
     const auto* v_in = static_cast<const uint8_t*>(v);
     const size_t k_row = size_t(n_tokens) * storage_.key_bytes(), v_row = size_t(n_tokens) * storage_.value_bytes();
-    const auto row_norms = [&](uint32_t r) { return token_norms2 ? token_norms2 + size_t(r) * n_tokens : nullptr; };
+    const auto row_norms = [&](uint32_t r) {
+        return RowNorms{key_norms2 ? key_norms2 + size_t(r) * n_tokens : nullptr, size_t(n_rows) * n_tokens,
+                        cb_.value_dim() / cb_.head_dim};
+    };
     uint64_t total = 0;
     for (uint32_t r = 0; r < n_rows; ++r) {
         batch_first_[r] = total;

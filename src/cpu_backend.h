@@ -9,6 +9,7 @@
 #include "backend.h"
 #include "cpu_storage.h"
 #include "key_encoder.h"
+#include "key_scale.h"
 #include "rope.h"
 #include "thread_pool.h"
 #include "value_encoder.h"
@@ -24,7 +25,7 @@ public:
     void append_batch(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens, const void* k,
                       const void* v) override;
     void append_batch_norms(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
-                            const void* k, const void* v, const double* token_norms2) override;
+                            const void* k, const void* v, const double* key_norms2) override;
     void key_head_norms2(uint32_t n_rows, const uint64_t* positions, uint32_t n_tokens, const void* k,
                          double* out) const override;
     void copy_block(uint32_t src, uint32_t dst) override;
@@ -66,13 +67,22 @@ private:
         TokenSlot slot;
         double norm2;
     };
+    // One row's tokens' squared key norms of every head of the model
+    // (append_batch_norms' key_norms2 from the row's first token on), or
+    // nothing (first null) where the storage keeps none.
+    struct RowNorms {
+        const double* first;
+        size_t head_stride;
+        uint32_t n_heads;
+        double token(uint64_t t) const { return key_scale::token_norm2(first + t, n_heads, head_stride); }
+    };
     // The job of the token at `position`, compressed by an append of the
-    // rows k, v (norms2: their tokens' squared key norms, or null) to the
-    // layer (before -> after).
+    // rows k, v (norms2: their tokens' squared key norms) to the layer
+    // (before -> after).
     EncodeJob encode_job(uint32_t layer, const LayerView& before, const LayerView& after, uint64_t position,
-                         const uint8_t* k, const uint8_t* v, const double* norms2);
+                         const uint8_t* k, const uint8_t* v, const RowNorms& norms2);
     void append_rows(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens, const void* k,
-                     const void* v, const double* token_norms2);
+                     const void* v, const double* key_norms2);
     // One head's key of a token to the canonical layout, un-rotated to
     // pre-RoPE if the host hands over post-RoPE keys.
     void canonical_key(const float* head, uint64_t position, float* out) const;
@@ -81,7 +91,7 @@ private:
     // Copies an append's new tokens that stay uncompressed into their sink
     // or window slots.
     void store_uncompressed(uint32_t layer, const LayerView& before, const LayerView& after, const uint8_t* k,
-                            const uint8_t* v, const double* norms2);
+                            const uint8_t* v, const RowNorms& norms2);
 
     const Codebook& cb_;
     BackendConfig config_;

@@ -19,7 +19,7 @@ CpuStorage::CpuStorage(const Codebook& cb, const BackendConfig& config)
       value_bytes_(size_t(cb.value_dim()) * dtype_size(config.io_dtype)),
       slot_bytes_(key_bytes_ + value_bytes_),
       slots_per_layer_(size_t(config.sink_tokens) + config.window),
-      has_norms2_(cb.is_slice() && cb.scale_mode == COMMVQ_SCALE_TOKEN) {
+      has_norms2_(cb.needs_given_key_norms()) {
     sequence_bytes_ = checked_mul({cb.n_layers, slots_per_layer_, slot_bytes_}, "the windows of one sequence");
     pool_.resize(checked_mul({cb.n_layers, n_blocks_, layout_.block_bytes}, "the block pool"));
     uncompressed_.resize(checked_mul({config.max_seqs, sequence_bytes_}, "the windows"));

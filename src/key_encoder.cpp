@@ -13,6 +13,7 @@
 
 #include "error.h"
 #include "key_float_pass.h"
+#include "key_scale.h"
 
 namespace commvq {
 
@@ -220,11 +221,7 @@ void KeyEncoder::encode(const float* k, uint16_t* codes, float* scales) const {
     encode_tile(1, k, 0, codes, 0, scales, 0, scratch);
 }
 
-double key_head_norm2(const float* x, uint32_t d) {
-    double s = 0;
-    for (uint32_t i = 0; i < d; ++i) s += double(x[i]) * x[i];
-    return s;
-}
+double key_head_norm2(const float* x, uint32_t d) { return key_scale::head_norm2(x, d); }
 
 // A zero key (scale 0) is encoded as t = 0: its codes name the centers
 // nearest the origin, its scale is 0, and it decodes to exactly zero.
@@ -238,11 +235,13 @@ void KeyEncoder::encode_tile(uint32_t n, const float* k, size_t k_stride, uint16
             const float* ki = k + (t0 + i) * k_stride;
             float* si = scales + (t0 + i) * scales_stride;
             if (cb_.scale_mode == COMMVQ_SCALE_TOKEN) {
-                double norm2 = 0;
+                double norm2;
                 if (token_norms2) {
                     norm2 = token_norms2[t0 + i];
                 } else {
-                    for (uint32_t h = 0; h < H; ++h) norm2 += key_head_norm2(ki + size_t(h) * d, d);
+                    double* heads = w.scale.data() + size_t(i) * H;  // the heads' norms, then their scale
+                    for (uint32_t h = 0; h < H; ++h) heads[h] = key_head_norm2(ki + size_t(h) * d, d);
+                    norm2 = key_scale::token_norm2(heads, H, 1);
                 }
                 const double s = std::sqrt(norm2);
                 si[0] = float(s);

@@ -11,10 +11,11 @@
 
 namespace commvq {
 
-// ||x||^2 of one head's key (d elements, float64, summed in element order).
-// A token's scale in `token` mode is the square root of these summed over
-// its KV heads in head order, so a slice of the heads (parallel caches,
-// docs/PARALLEL.md) gives the same float64 sum from the per-head values.
+// ||x||^2 of one head's key (d elements, float64, summed in element order;
+// key_scale.h). A token's scale in `token` mode is the square root of these
+// summed over its KV heads in head order (key_scale::token_norm2), so a
+// slice of the heads (parallel caches, docs/PARALLEL.md) gives the same
+// float64 sum from the per-head values.
 double key_head_norm2(const float* x, uint32_t d);
 
 class KeyEncoder {

@@ -206,7 +206,7 @@ typedef struct commvq_cache_params {
     uint32_t kv_head_count; /* KV heads [kv_head_begin, kv_head_begin + kv_head_count) the cache holds
                                (a tensor-parallel rank's slice, docs/PARALLEL.md); 0 = all (default).
                                A slice cache's k, q, out and lse carry its heads only (query heads follow
-                               by group), v all of the model's KV heads; CPU caches only. */
+                               by group), v all of the model's KV heads. CPU and CUDA caches. */
 } commvq_cache_params_t;
 
 /* Fills the defaults into the first min(size, sizeof) bytes of *params and
@@ -274,8 +274,10 @@ COMMVQ_API commvq_status_t commvq_cache_append_batch(commvq_cache_t* cache, uint
  * (commvq_cache_append and _append_batch refuse it); in the head scale mode,
  * and in a cache of all heads, key_norms2 may be NULL. Given, the rows of the
  * cache's own heads must equal what commvq_cache_key_norms2 computes and every
- * value must be finite and >= 0 (COMMVQ_ERR_INVALID_ARGUMENT). CPU caches
- * only. Since 0.4.0. */
+ * value must be finite and >= 0 (COMMVQ_ERR_INVALID_ARGUMENT); on a CUDA
+ * cache k, norms2 and key_norms2 may be device memory, and norms in device
+ * memory are not checked (the host cannot read them), as device inputs are
+ * not. Since 0.4.0. */
 COMMVQ_API commvq_status_t commvq_cache_key_norms2(const commvq_cache_t* cache, uint32_t layer,
                                                   uint32_t n_seqs, const uint32_t* seq_ids,
                                                   uint32_t n_tokens, const void* k, double* norms2);

@@ -396,6 +396,11 @@ int plan_attend(const ModelShape& m, AttendPlan* out) {
         }
         if (resident <= 0) continue;
         plan.resident_ctas = uint32_t(resident);
+        // COMMVQ_CUDA_ATTEND_SPLITS fixes the splits of every call (for
+        // measurements, and for the slice test: caches of different head
+        // counts then split rows alike and sum in the same order).
+        if (const char* splits = std::getenv("COMMVQ_CUDA_ATTEND_SPLITS"))
+            plan.forced_splits = uint32_t(std::min<long>(kMaxSplits, std::max<long>(0, std::atol(splits))));
         *out = plan;
         return int(cudaSuccess);
     }
@@ -407,6 +412,7 @@ size_t attend_partial_floats(const ModelShape& m, uint32_t n_rows, uint32_t n_sp
 }
 
 uint32_t attend_splits(const ModelShape& m, const AttendPlan& plan, uint32_t n_rows) {
+    if (plan.forced_splits) return plan.forced_splits;
     // The fewest waves of resident CTAs that keep 90% of them busy: one
     // wave of 8 heads x 15 splits for one row; 7 splits over 4 waves for 8
     // rows of 8 heads on 120 resident CTAs (1 split would leave half idle).

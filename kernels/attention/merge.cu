@@ -48,7 +48,7 @@ apply_codebook_kernel(const __grid_constant__ AttendParams p) {
     __shared__ float unused_total[kMaxGroup];
     const ModelShape& m = p.m;
     const uint32_t g = blockIdx.x, row = blockIdx.y, slice = blockIdx.z, G = m.n_q_heads / m.n_kv_heads;
-    const uint32_t n_splits = p.n_splits, n2 = m.value_code_bits, D = m.n_kv_heads * HEAD_DIM, i0 = slice * kMergeBits;
+    const uint32_t n_splits = p.n_splits, n2 = m.value_code_bits, D = value_dim(m), i0 = slice * kMergeBits;
     const attention::PartialLayout pl(m, p.n_rows, n_splits);
     const float* ml = p.partials + pl.ml + size_t(row) * (n_splits + 1) * m.n_q_heads * 2;
     const uint32_t warp = threadIdx.x / 32;
@@ -67,7 +67,8 @@ apply_codebook_kernel(const __grid_constant__ AttendParams p) {
     float acc[kMaxGroup];
 #pragma unroll
     for (int h = 0; h < kMaxGroup; ++h) acc[h] = 0;
-    const float* E = p.value_codebook + size_t(i0) * D + size_t(g) * HEAD_DIM + c;
+    // E's columns of the model's KV head kv_head_begin + g (a slice's g counts from its first head).
+    const float* E = p.value_codebook + size_t(i0) * D + size_t(m.kv_head_begin + g) * HEAD_DIM + c;
 #pragma unroll 8
     for (uint32_t i = half; i < kMergeBits; i += 2) {
         const float e = E[size_t(i) * D];
@@ -110,7 +111,7 @@ finish_kernel(const __grid_constant__ AttendParams p) {
     const float* applied = p.partials + pl.applied + size_t(row) * slices * m.n_q_heads * HEAD_DIM + size_t(h) * HEAD_DIM + c;
     float s = 0;
     for (uint32_t k = 0; k < slices; ++k) s += applied[size_t(k) * m.n_q_heads * HEAD_DIM];
-    const float lam = p.value_lambda[g * HEAD_DIM + c] + 1e-6f;
+    const float lam = p.value_lambda[(m.kv_head_begin + g) * HEAD_DIM + c] + 1e-6f;
     const float* vals = p.partials + pl.values + (size_t(row) * m.n_q_heads + h) * HEAD_DIM;
     const float o = (lam * s + factor[n_splits] * vals[c]) * inv;
     store_element(p.out, (size_t(row) * m.n_q_heads + h) * HEAD_DIM + c, p.out_dtype, o);

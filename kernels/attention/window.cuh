@@ -33,14 +33,17 @@ __device__ void attend_uncompressed(const AttendParams& p, const SharedLayout& L
     float* run_max = reinterpret_cast<float*>(smem + L.run_max);
     float* run_sum = reinterpret_cast<float*>(smem + L.run_sum);
     float* rescale = reinterpret_cast<float*>(smem + L.own_rescale);
-    const uint32_t element_bytes = u.half_bytes / (m.n_kv_heads * HEAD_DIM);
-    const uint32_t head_bytes = HEAD_DIM * element_bytes;  // one token's keys (or values) of head g
+    const uint32_t head_bytes = HEAD_DIM * io_element_bytes(u.io_dtype);  // one token's keys (or values) of one head
+    // Head g's keys, and its values: a slice's slots hold all of the model's
+    // values (launchers.h UncompressedView), g is its head kv_head_begin + g.
+    const size_t key_offset = size_t(g) * head_bytes;
+    const size_t value_offset = u.key_bytes + size_t(m.kv_head_begin + g) * head_bytes;
     // Tokens per chunk: as many keys and values as the table area holds, at
     // most the scores' chunk.
     const uint32_t chunk = tmin<uint32_t>(L.score_chunk, L.zero_row / (2 * head_bytes));
     uint8_t* keys = smem + L.table;
     uint8_t* values = keys + size_t(chunk) * head_bytes;
-    const bool aligned16 = (reinterpret_cast<uintptr_t>(u.base) | u.seq_stride | u.half_bytes | head_bytes) % 16 == 0;
+    const bool aligned16 = (reinterpret_cast<uintptr_t>(u.base) | u.seq_stride | u.key_bytes | u.value_bytes | head_bytes) % 16 == 0;
     if (threadIdx.x < G) {
         run_max[threadIdx.x] = -FLT_MAX;
         run_sum[threadIdx.x] = 0;
@@ -64,7 +67,7 @@ __device__ void attend_uncompressed(const AttendParams& p, const SharedLayout& L
             const uint32_t i = k / per_token, offset = (k % per_token) * piece;
             const uint64_t idx = t0 + i;
             const uint64_t pos = idx < n_sink ? idx : first_window + (idx - n_sink);
-            const uint8_t* src = slot_address(u, seq, pos) + is_value * u.half_bytes + size_t(g) * head_bytes + offset;
+            const uint8_t* src = slot_address(u, seq, pos) + (is_value ? value_offset : key_offset) + offset;
             uint8_t* dst = (is_value ? values : keys) + size_t(i) * head_bytes + offset;
             if (aligned16)
                 copy_async16(dst, src);

@@ -79,7 +79,8 @@ Encoded gpu_values(const Codebook& cb, const DeviceValueTables& t, const std::ve
     GPU_CHECK(cudaMemset(weights.ptr, 0xff, size_t(n) * 4));  // NaN
     GPU_CHECK(cudaMemset(scratch.ptr, 0xff, cuda::value_encoder_scratch_floats(m, n) * 4));
     cuda::EncodeSource src;
-    src.slots.half_bytes = D * 4;
+    src.slots.key_bytes = D * 4;
+    src.slots.value_bytes = D * 4;
     src.slots.io_dtype = COMMVQ_DTYPE_F32;
     src.input_v = rows.ptr;
     src.input_k = rows.ptr;

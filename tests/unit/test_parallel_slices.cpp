@@ -8,7 +8,7 @@
 // of every query head); on random codebooks of 4 KV heads (token and head
 // scale modes, f32 and bf16, pre- and post-RoPE keys, sinks, forks) and on
 // the real fixture through the shipped codebook. Every refusal (bad ranges,
-// missing or wrong norms, CUDA, sequence files) says why and changes nothing.
+// missing or wrong norms, sequence files) says why and changes nothing.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -20,225 +20,12 @@
 #include "code_packing.h"
 #include "codebook_file.h"
 #include "fixture.h"
+#include "parallel_ranks.h"
 
 using namespace commvq;
 using namespace commvq::test;
 
 namespace {
-
-commvq_codebook_t* handle_of(const Codebook& cb) {
-    const std::vector<uint8_t> bytes = serialize_codebook(cb);
-    commvq_codebook_t* h = nullptr;
-    REQUIRE(commvq_codebook_load_memory(bytes.data(), bytes.size(), &h) == COMMVQ_OK);
-    return h;
-}
-
-// One full cache and `ranks` slice caches of equal shares of the heads,
-// driven alike; what an engine does, with the all-gather done here.
-struct Ranks {
-    commvq_cache_t* full = nullptr;
-    std::vector<commvq_cache_t*> slice;
-    uint32_t H, G, d, L, count;
-    size_t esize;
-    bool token_mode;
-
-    Ranks(commvq_codebook_t* cb, commvq_cache_params_t p, uint32_t ranks) {
-        commvq_codebook_info_t info;
-        commvq_codebook_info_init(&info);
-        REQUIRE(commvq_codebook_get_info(cb, &info) == COMMVQ_OK);
-        H = info.n_kv_heads;
-        G = info.n_q_heads / H;
-        d = info.head_dim;
-        L = info.n_layers;
-        token_mode = info.scale_mode == COMMVQ_SCALE_TOKEN;
-        REQUIRE(H % ranks == 0);
-        count = H / ranks;
-        esize = dtype_size(p.io_dtype);
-        full = make_cache(cb, p);
-        for (uint32_t r = 0; r < ranks; ++r) {
-            p.kv_head_begin = r * count;
-            p.kv_head_count = count;
-            slice.push_back(make_cache(cb, p));
-        }
-    }
-    ~Ranks() {
-        commvq_cache_destroy(full);
-        for (auto* c : slice) commvq_cache_destroy(c);
-    }
-
-    // Rows of n_rows [heads][d] elements: heads [h0, h0 + nh) of each row.
-    std::vector<uint8_t> heads(const uint8_t* x, size_t n_rows, uint32_t n_heads, uint32_t h0, uint32_t nh) const {
-        const size_t hb = size_t(d) * esize;
-        std::vector<uint8_t> out(n_rows * nh * hb);
-        for (size_t i = 0; i < n_rows; ++i)
-            std::memcpy(out.data() + i * nh * hb, x + (i * n_heads + h0) * hb, nh * hb);
-        return out;
-    }
-
-    // One append_batch of k, v [ids][n][H][d] (io dtype) to every cache.
-    void append(uint32_t layer, const std::vector<uint32_t>& ids, uint32_t n, const uint8_t* k, const uint8_t* v) {
-        const uint32_t m = uint32_t(ids.size());
-        const size_t rows = size_t(m) * n;
-        REQUIRE(commvq_cache_append_batch(full, layer, m, ids.data(), n, k, v) == COMMVQ_OK);
-        // Each rank's share of the keys and its norms; the all-gather.
-        std::vector<std::vector<uint8_t>> ks;
-        std::vector<double> norms(size_t(H) * rows);
-        for (uint32_t r = 0; r < slice.size(); ++r) {
-            ks.push_back(heads(k, rows, H, r * count, count));
-            REQUIRE(commvq_cache_key_norms2(slice[r], layer, m, ids.data(), n, ks[r].data(),
-                                            norms.data() + size_t(r) * count * rows) == COMMVQ_OK);
-        }
-        for (uint32_t r = 0; r < slice.size(); ++r) {
-            // Head mode needs no exchange: every other rank appends without norms.
-            const double* given = token_mode || r % 2 == 0 ? norms.data() : nullptr;
-            REQUIRE_MESSAGE(commvq_cache_append_norms2(slice[r], layer, m, ids.data(), n, ks[r].data(), v, given) ==
-                                COMMVQ_OK,
-                            commvq_last_error());
-        }
-    }
-
-    // Attention of every cache: each slice's outputs must be the full
-    // cache's for its query heads, bit for bit.
-    void check_attend(uint32_t layer, uint32_t seq, uint32_t n_q, const uint8_t* q, uint32_t flags) const {
-        const uint32_t Hq = H * G;
-        const size_t qh = size_t(d) * esize;
-        std::vector<uint8_t> out(size_t(n_q) * Hq * qh);
-        std::vector<float> lse(size_t(n_q) * Hq);
-        REQUIRE(commvq_cache_attend(full, layer, seq, n_q, q, out.data(), lse.data(), flags) == COMMVQ_OK);
-        for (uint32_t r = 0; r < slice.size(); ++r) {
-            const uint32_t h0 = r * count * G, nh = count * G;
-            const auto qs = heads(q, n_q, Hq, h0, nh);
-            std::vector<uint8_t> o(size_t(n_q) * nh * qh);
-            std::vector<float> l(size_t(n_q) * nh);
-            REQUIRE(commvq_cache_attend(slice[r], layer, seq, n_q, qs.data(), o.data(), l.data(), flags) == COMMVQ_OK);
-            CHECK(o == heads(out.data(), n_q, Hq, h0, nh));
-            for (uint32_t i = 0; i < n_q; ++i)
-                CHECK(std::memcmp(l.data() + size_t(i) * nh, lse.data() + size_t(i) * Hq + h0, nh * 4) == 0);
-        }
-    }
-
-    void check_attend_batch(uint32_t layer, const std::vector<uint32_t>& ids, const uint8_t* q) const {
-        const uint32_t Hq = H * G, m = uint32_t(ids.size());
-        const size_t qh = size_t(d) * esize;
-        std::vector<uint8_t> out(size_t(m) * Hq * qh);
-        std::vector<float> lse(size_t(m) * Hq);
-        REQUIRE(commvq_cache_attend_batch(full, layer, m, ids.data(), q, out.data(), lse.data(), 0) == COMMVQ_OK);
-        for (uint32_t r = 0; r < slice.size(); ++r) {
-            const uint32_t h0 = r * count * G, nh = count * G;
-            const auto qs = heads(q, m, Hq, h0, nh);
-            std::vector<uint8_t> o(size_t(m) * nh * qh);
-            std::vector<float> l(size_t(m) * nh);
-            REQUIRE(commvq_cache_attend_batch(slice[r], layer, m, ids.data(), qs.data(), o.data(), l.data(), 0) ==
-                    COMMVQ_OK);
-            CHECK(o == heads(out.data(), m, Hq, h0, nh));
-            for (uint32_t i = 0; i < m; ++i)
-                CHECK(std::memcmp(l.data() + size_t(i) * nh, lse.data() + size_t(i) * Hq + h0, nh * 4) == 0);
-        }
-    }
-
-    // Everything each slice holds against the full cache: lengths, every
-    // compressed token's key codes and scales of its heads, value codes and
-    // weight, every sink and window token's keys of its heads and values.
-    void check_contents() const {
-        const Cache& f = full->cache;
-        const Codebook& cb = f.codebook();
-        const uint32_t R = cb.key_stages, bits = cb.code_bits();
-        const BlockLayout& fl = f.layout();
-        for (uint32_t r = 0; r < slice.size(); ++r) {
-            const Cache& s = slice[r]->cache;
-            const BlockLayout& sl = s.layout();
-            CHECK(sl.value_code_bytes == fl.value_code_bytes);
-            for (uint32_t seq = 0; seq < f.params().max_seqs; ++seq)
-                for (uint32_t l = 0; l < L; ++l) {
-                    const LayerView fv = f.sequence(seq).view(seq, l, f.params().sink_tokens);
-                    const LayerView sv = s.sequence(seq).view(seq, l, s.params().sink_tokens);
-                    REQUIRE(fv.length == sv.length);
-                    REQUIRE(fv.compressed == sv.compressed);
-                    std::vector<uint8_t> ft(fv.compressed * fl.token_bytes()), st(sv.compressed * sl.token_bytes());
-                    f.backend().read_compressed(l, fv, 0, fv.compressed, ft.data());
-                    s.backend().read_compressed(l, sv, 0, sv.compressed, st.data());
-                    std::vector<uint16_t> fc(size_t(H) * R), sc(size_t(count) * R);
-                    for (uint64_t t = 0; t < fv.compressed; ++t) {
-                        const uint8_t* a = ft.data() + t * fl.token_bytes();
-                        const uint8_t* b = st.data() + t * sl.token_bytes();
-                        unpack_codes(a, fc.size(), bits, fc.data());
-                        unpack_codes(b, sc.size(), bits, sc.data());
-                        CHECK(std::memcmp(fc.data() + size_t(r) * count * R, sc.data(), sc.size() * 2) == 0);
-                        a += fl.key_code_bytes;
-                        b += sl.key_code_bytes;
-                        CHECK(std::memcmp(a, b, fl.value_code_bytes) == 0);
-                        a += fl.value_code_bytes;
-                        b += sl.value_code_bytes;
-                        const size_t own = token_mode ? 0 : size_t(r) * count;  // scales of its heads
-                        CHECK(std::memcmp(a + 4 * own, b, 4 * size_t(sl.n_key_scales)) == 0);
-                        CHECK(std::memcmp(a + 4 * fl.n_key_scales, b + 4 * sl.n_key_scales, 4) == 0);  // weight
-                    }
-                    const size_t n_unc = fv.sinks + fv.window;
-                    const size_t kb_full = size_t(H) * d * esize, kb = size_t(count) * d * esize;
-                    std::vector<uint8_t> fk(n_unc * kb_full), fvv(n_unc * kb_full), sk(n_unc * kb), svv(n_unc * kb_full);
-                    f.backend().read_uncompressed(l, fv, 0, fv.sinks, fk.data(), fvv.data());
-                    f.backend().read_uncompressed(l, fv, fv.first_window_position(), fv.window,
-                                                  fk.data() + fv.sinks * kb_full, fvv.data() + fv.sinks * kb_full);
-                    s.backend().read_uncompressed(l, sv, 0, sv.sinks, sk.data(), svv.data());
-                    s.backend().read_uncompressed(l, sv, sv.first_window_position(), sv.window,
-                                                  sk.data() + sv.sinks * kb, svv.data() + sv.sinks * kb_full);
-                    CHECK(sk == heads(fk.data(), n_unc, H, r * count, count));
-                    CHECK(svv == fvv);
-                }
-            CHECK_NOTHROW(s.check_integrity());
-        }
-    }
-};
-
-std::vector<uint8_t> io_tokens(Rng& rng, size_t n, int32_t dtype) {
-    const std::vector<float> x = rng.normals(n);
-    std::vector<uint8_t> b(n * dtype_size(dtype));
-    from_float(x.data(), n, dtype, b.data());
-    return b;
-}
-
-// Prompts of two sequences, a fork, decode steps of three sequences with
-// attend and attend_batch along the way; then everything compared.
-void run_random(commvq_codebook_t* cb, commvq_cache_params_t p, uint32_t ranks, uint64_t seed) {
-    Ranks t(cb, p, ranks);
-    Rng rng(seed);
-    const size_t D = size_t(t.H) * t.d, Q = size_t(t.H) * t.G * t.d;
-    const uint32_t prompt[2] = {37, 5};
-    for (uint32_t seq = 0; seq < 2; ++seq)
-        for (uint32_t l = 0; l < t.L; ++l) {
-            const auto k = io_tokens(rng, prompt[seq] * D, p.io_dtype), v = io_tokens(rng, prompt[seq] * D, p.io_dtype);
-            t.append(l, {seq}, prompt[seq], k.data(), v.data());
-        }
-    REQUIRE(commvq_cache_seq_fork(t.full, 0, 2) == COMMVQ_OK);
-    for (auto* c : t.slice) REQUIRE(commvq_cache_seq_fork(c, 0, 2) == COMMVQ_OK);
-    const std::vector<uint32_t> ids = {2, 0, 1};
-    for (uint32_t step = 0; step < 24; ++step)
-        for (uint32_t l = 0; l < t.L; ++l) {
-            const uint32_t n = step % 5 == 0 ? 3 : 1;  // now and then several tokens per row
-            const auto k = io_tokens(rng, ids.size() * n * D, p.io_dtype);
-            const auto v = io_tokens(rng, ids.size() * n * D, p.io_dtype);
-            t.append(l, ids, n, k.data(), v.data());
-            const auto q = io_tokens(rng, ids.size() * Q, p.io_dtype);
-            t.check_attend_batch(l, ids, q.data());
-            if (step % 6 == 5) {
-                const auto qs = io_tokens(rng, 4 * Q, p.io_dtype);
-                t.check_attend(l, 0, 4, qs.data(), COMMVQ_ATTEND_CAUSAL);
-                t.check_attend(l, 1, 4, qs.data(), COMMVQ_ATTEND_NON_CAUSAL);
-            }
-        }
-    t.check_contents();
-}
-
-RandomCodebookSpec four_heads(int32_t scale_mode, uint64_t seed) {
-    RandomCodebookSpec s;
-    s.n_layers = 2;
-    s.n_kv_heads = 4;
-    s.n_q_heads = 8;
-    s.head_dim = 32;
-    s.scale_mode = scale_mode;
-    s.seed = seed;
-    return s;
-}
 
 commvq_cache_params_t slice_params() {
     commvq_cache_params_t p = small_params();
@@ -266,7 +53,8 @@ TEST_CASE("parallel slices: 1, 2 and 4 ranks of 4 KV heads reproduce one full ca
                     commvq_cache_params_t p = slice_params();
                     p.io_dtype = dtype;
                     p.key_convention = conv;
-                    run_random(cb, p, ranks, 100 + ranks);
+                    Ranks t(cb, p, ranks);
+                    run_random(t, 100 + ranks);
                 }
         commvq_codebook_free(cb);
     }
@@ -277,14 +65,15 @@ TEST_CASE("parallel slices: window 0 and no sinks (every token encoded at its ap
     commvq_cache_params_t p = slice_params();
     p.window = 0;
     p.sink_tokens = 0;
-    for (uint32_t ranks : {2u, 4u}) run_random(cb, p, ranks, 7);
+    for (uint32_t ranks : {2u, 4u}) {
+        Ranks t(cb, p, ranks);
+        run_random(t, 7);
+    }
     commvq_codebook_free(cb);
 }
 
 TEST_CASE("parallel slices: the bytellama fixture through the shipped 1-bit codebook, 1 and 2 ranks") {
-    const KvFixture& fx = kv_fixture();
-    commvq_codebook_t* cb =
-        handle_of(load_codebook(std::string(COMMVQ_TEST_DATA) + "/../../data/codebooks/bytellama-13m-1bit.safetensors"));
+    commvq_codebook_t* cb = fixture_codebook_handle();
     for (uint32_t ranks : {1u, 2u}) {
         CAPTURE(ranks);
         commvq_cache_params_t p = slice_params();
@@ -292,34 +81,12 @@ TEST_CASE("parallel slices: the bytellama fixture through the shipped 1-bit code
         p.window = 16;
         p.sink_tokens = 4;
         Ranks t(cb, p, ranks);
-        const size_t D = size_t(fx.n_kv_heads) * fx.head_dim, Q = size_t(fx.n_q_heads) * fx.head_dim;
-        const uint32_t start[2] = {0, 500}, prompt[2] = {90, 20};
-        for (uint32_t s = 0; s < 2; ++s)
-            for (uint32_t l = 0; l < t.L; ++l)
-                t.append(l, {s}, prompt[s], reinterpret_cast<const uint8_t*>(fx.key(l, start[s])),
-                         reinterpret_cast<const uint8_t*>(fx.value(l, start[s])));
-        const std::vector<uint32_t> ids = {1, 0};
-        for (uint32_t step = 0; step < 20; ++step)
-            for (uint32_t l = 0; l < t.L; ++l) {
-                std::vector<float> k(ids.size() * D), v(k.size()), q(ids.size() * Q);
-                for (size_t i = 0; i < ids.size(); ++i) {
-                    const uint32_t at = start[ids[i]] + prompt[ids[i]] + step;
-                    std::memcpy(k.data() + i * D, fx.key(l, at), D * 4);
-                    std::memcpy(v.data() + i * D, fx.value(l, at), D * 4);
-                    std::memcpy(q.data() + i * Q, fx.query(l, (step + uint32_t(i)) % fx.n_queries), Q * 4);
-                }
-                t.append(l, ids, 1, reinterpret_cast<const uint8_t*>(k.data()),
-                         reinterpret_cast<const uint8_t*>(v.data()));
-                t.check_attend_batch(l, ids, reinterpret_cast<const uint8_t*>(q.data()));
-            }
-        for (uint32_t l = 0; l < t.L; ++l)
-            t.check_attend(l, 0, 8, reinterpret_cast<const uint8_t*>(fx.query(l, 0)), COMMVQ_ATTEND_CAUSAL);
+        run_fixture(t);
         CHECK(t.full->cache.sequence(0).layers[0].compressed == 90 + 20 - 4 - 16);
         // docs/PARALLEL.md's table: 73 bytes per compressed token and layer on
         // one GPU, 57 on each of 2 ranks.
         CHECK(t.full->cache.layout().token_bytes() == 73);
         for (auto* c : t.slice) CHECK(c->cache.layout().token_bytes() == (ranks == 1 ? 73u : 57u));
-        t.check_contents();
     }
     commvq_codebook_free(cb);
 }
@@ -354,15 +121,17 @@ TEST_CASE("parallel slices: bad ranges are refused at create, naming the sizes")
     c = make_cache(cb, p);
     CHECK(c->cache.codebook().n_kv_heads == 4);
     commvq_cache_destroy(c);
-    // A slice on a CUDA device: refused, naming the call and the range.
-    p = slice_params();
-    p.device = 0;
-    p.kv_head_begin = 2;
-    p.kv_head_count = 2;
-    CHECK(commvq_cache_create(cb, &p, &c) == COMMVQ_ERR_NOT_SUPPORTED);
-    const std::string msg = commvq_last_error();
-    CHECK(msg.find("commvq_cache_create") != std::string::npos);
-    CHECK(msg.find("KV heads 2..3 of 4") != std::string::npos);
+    // A slice on a CUDA device is a CUDA cache like any other (the GPU test
+    // tests/gpu/parallel_slices_test.cpp); where no device can run it, it is
+    // refused as a cache of all heads would be, naming the call.
+    if (commvq_cuda_available() != 1) {
+        p = slice_params();
+        p.device = 0;
+        p.kv_head_begin = 2;
+        p.kv_head_count = 2;
+        CHECK(commvq_cache_create(cb, &p, &c) == COMMVQ_ERR_NOT_SUPPORTED);
+        CHECK(std::string(commvq_last_error()).find("commvq_cache_create") != std::string::npos);
+    }
     commvq_codebook_free(cb);
 }
 
