@@ -172,7 +172,7 @@ struct ValueTables {
     const uint16_t* codebook_bf16x3 = nullptr;
 };
 
-// How the value encoder's matrix products run. The reference is fp32
+// How the value encoder's matrix products run. fp32 is the reference
 // (cuBLAS SGEMM, every product in full single precision). tf32 and bf16 run
 // the two encoder layers on tensor cores (tf32: fp32 inputs rounded to 10
 // mantissa bits inside cuBLAS; bf16: the normalized values and the GELU
@@ -182,10 +182,11 @@ struct ValueTables {
 // y = bits @ E on bf16 tensor cores from E's exact three-part split, so y
 // keeps fp32 accuracy (the weight must not carry the products' rounding).
 enum class ValuePrecision : int32_t { fp32 = 0, tf32 = 1, bf16 = 2 };
-// The default of a cache; COMMVQ_CUDA_VALUE_PRODUCTS=fp32|tf32|bf16 in the
+// The default of a cache: tf32, 4.9x the fp32 throughput on an H100 with
+// 0.016% of value bits changed (docs/PERF.md); COMMVQ_CUDA_VALUE_PRODUCTS=fp32|tf32|bf16 in the
 // environment when a cache is created overrides it (COMMVQ_CUDA_TF32=1:
 // tf32, the older name).
-constexpr ValuePrecision kDefaultValuePrecision = ValuePrecision::fp32;
+constexpr ValuePrecision kDefaultValuePrecision = ValuePrecision::tf32;
 const char* value_precision_name(ValuePrecision p);
 // Parses "fp32", "tf32" or "bf16"; false for anything else.
 bool parse_value_precision(const char* name, ValuePrecision* out);
