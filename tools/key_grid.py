@@ -33,10 +33,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import codebook_splice as cf  # noqa: E402  (the file format: read, fingerprint, write)
 
 
-def grid_round(z, bits):
-    """z [H][R][C][d] rounded per (head, channel) onto integers of `bits` signed bits times 2^e."""
+# Which values share one power of two (the axes of z [H][R][C][d] the peak is taken over):
+#   channel: per (head, channel), across stages: rows sum as integers (the design above);
+#   stage:   per (head, stage), across channels: an 8-bit table converted row by row;
+#   stage-channel: per (head, stage, channel).
+SCALE_AXES = {"channel": (1, 2), "stage": (2, 3), "stage-channel": (2,)}
+
+
+def grid_round(z, bits, scale="channel"):
+    """z [H][R][C][d] rounded onto integers of `bits` signed bits times 2^e, one e per SCALE_AXES[scale] group."""
     top = (1 << (bits - 1)) - 1
-    peak = np.abs(z).max(axis=(1, 2), keepdims=True)  # [H][1][1][d]
+    peak = np.abs(z).max(axis=SCALE_AXES[scale], keepdims=True)
     step = np.where(peak > 0, np.exp2(np.ceil(np.log2(np.maximum(peak, 1e-30) / top))), 1.0)
     q = np.clip(np.rint(z / step), -top, top)
     return (q * step).astype(np.float32), step
@@ -46,6 +53,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("codebook")
     ap.add_argument("--bits", type=int, required=True, help="signed bits per value, 4..12")
+    ap.add_argument("--scale", choices=sorted(SCALE_AXES), default="channel",
+                    help="values sharing one power of two: per (head, channel) across stages (default), "
+                         "per (head, stage), or per (head, stage, channel)")
     ap.add_argument("-o", "--output", help="the rounded codebook (default: only the report)")
     a = ap.parse_args(argv)
     if not 4 <= a.bits <= 12:
@@ -53,13 +63,14 @@ def main(argv=None):
     meta, tensors = cf.read(a.codebook)
     H, R, C, d = (int(meta[k]) for k in ("n_kv_heads", "key_stages", "sub_centers", "head_dim"))
     limit = 2 ** 16 // ((1 << a.bits) - 1)
-    print(f"{a.codebook}: {meta['n_layers']} layers, {H} KV heads, R = {R}; {a.bits}-bit grid "
-          f"({'fits' if R < limit else 'does NOT fit'} 16-bit fields for R = {R}: at most {limit - 1} rows)")
+    fields = (f" ({'fits' if R < limit else 'does NOT fit'} 16-bit fields for R = {R}: at most {limit - 1} rows)"
+              if a.scale == "channel" else "")
+    print(f"{a.codebook}: {meta['n_layers']} layers, {H} KV heads, R = {R}; {a.bits}-bit grid, scale per {a.scale}{fields}")
     for l in range(int(meta["n_layers"])):
         name = f"layers.{l}.keys.sub_centers"
         dtype, shape, raw = tensors[name]
         z = cf.as_f32(dtype, raw).reshape(H, R, C, d)
-        zq, _ = grid_round(z, a.bits)
+        zq, _ = grid_round(z, a.bits, a.scale)
         rel = np.sqrt(np.mean((zq - z) ** 2) / max(np.mean(z ** 2), 1e-30))
         per_stage = np.sqrt(np.mean((zq - z) ** 2, axis=(0, 2, 3)) / np.maximum(np.mean(z ** 2, axis=(0, 2, 3)), 1e-30))
         print(f"layer {l}: rms change {rel:.2e} of the sub-centers' rms; by stage "
