@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -28,6 +29,14 @@ namespace commvq {
 namespace gpu_test {
 
 inline bool have_gpu() { return commvq_cuda_available() == 1; }
+
+// Sets an environment variable the library reads when a cache is created
+// (COMMVQ_CUDA_*), for the guard's scope.
+struct EnvGuard {
+    const char* name;
+    EnvGuard(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
+    ~EnvGuard() { unsetenv(name); }
+};
 
 #define GPU_CHECK(call) REQUIRE((call) == cudaSuccess)
 #define CVQ_OK(call)                                                      \

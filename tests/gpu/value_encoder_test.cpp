@@ -155,12 +155,6 @@ void check_all_precisions(const Codebook& cb, uint32_t layer, const std::vector<
     }
 }
 
-struct EnvGuard {
-    const char* name;
-    EnvGuard(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
-    ~EnvGuard() { unsetenv(name); }
-};
-
 }  // namespace
 
 TEST_CASE("gpu: value encoder, E's bf16 split is exact") {
