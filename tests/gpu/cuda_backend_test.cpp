@@ -296,7 +296,7 @@ TEST_CASE("gpu: attention agrees with the CPU cache on the same tokens") {
         // move near-tie value bits (value_encoder_test.cpp bounds them); with
         // them as the default this check failed on an H100 (2026-12-06), the
         // output differing by more than 5e-3.
-        EnvGuard fp32("COMMVQ_CUDA_VALUE_PRODUCTS", "fp32");
+        ScopedEnv fp32("COMMVQ_CUDA_VALUE_PRODUCTS", "fp32");
         CVQ_OK(commvq_cache_create(h.h, ptr(cache_params(0, 16, 2, COMMVQ_DTYPE_F32)), &gpu.h));
     }
     const uint32_t N = 1200, E = cb.value_dim(), Q = cb.n_q_heads * cb.head_dim;

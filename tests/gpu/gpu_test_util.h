@@ -30,12 +30,30 @@ namespace gpu_test {
 
 inline bool have_gpu() { return commvq_cuda_available() == 1; }
 
-// Sets an environment variable the library reads when a cache is created
-// (COMMVQ_CUDA_*), for the guard's scope.
-struct EnvGuard {
-    const char* name;
-    EnvGuard(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
-    ~EnvGuard() { unsetenv(name); }
+// An environment variable the library reads when a cache is created
+// (COMMVQ_CUDA_*), set for the caches created while it lives, then restored.
+class ScopedEnv {
+public:
+    ScopedEnv(const char* name, const char* value) : name_(name) {
+        if (const char* old = std::getenv(name)) {
+            had_ = true;
+            old_ = old;
+        }
+        setenv(name, value, 1);
+    }
+    ~ScopedEnv() {
+        if (had_)
+            setenv(name_, old_.c_str(), 1);
+        else
+            unsetenv(name_);
+    }
+    ScopedEnv(const ScopedEnv&) = delete;
+    ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+private:
+    const char* name_;
+    bool had_ = false;
+    std::string old_;
 };
 
 #define GPU_CHECK(call) REQUIRE((call) == cudaSuccess)

@@ -53,30 +53,6 @@ commvq_cache_params_t slice_params() {
     return p;
 }
 
-// An environment variable for the caches created while it lives (the
-// attention plan reads it at creation), restored after.
-class ScopedEnv {
-public:
-    ScopedEnv(const char* name, const char* value) : name_(name) {
-        if (const char* old = std::getenv(name)) {
-            had_ = true;
-            old_ = old;
-        }
-        setenv(name, value, 1);
-    }
-    ~ScopedEnv() {
-        if (had_)
-            setenv(name_, old_.c_str(), 1);
-        else
-            unsetenv(name_);
-    }
-
-private:
-    const char* name_;
-    bool had_ = false;
-    std::string old_;
-};
-
 // One attention plan for caches of any number of KV heads: no clusters, 5
 // splits per row.
 struct OnePlan {
@@ -95,20 +71,12 @@ TEST_CASE("gpu: parallel slices: 1, 2 and 4 ranks of 4 KV heads reproduce one fu
     REQUIRE_MESSAGE(have_gpu(), "gpu tests need a CUDA device");
     for (int32_t mode : {COMMVQ_SCALE_TOKEN, COMMVQ_SCALE_HEAD}) {
         commvq_codebook_t* cb = test::codebook_handle(test::four_heads(mode, 7, 64));
-        for (int32_t dtype : {COMMVQ_DTYPE_F32, COMMVQ_DTYPE_BF16})
-            for (int32_t conv : {COMMVQ_KEYS_PRE_ROPE, COMMVQ_KEYS_POST_ROPE})
-                for (uint32_t ranks : {1u, 2u, 4u}) {
-                    CAPTURE(mode);
-                    CAPTURE(dtype);
-                    CAPTURE(conv);
-                    CAPTURE(ranks);
-                    commvq_cache_params_t p = slice_params();
-                    p.io_dtype = dtype;
-                    p.key_convention = conv;
-                    OnePlan plan;
-                    Ranks t(cb, p, ranks);
-                    test::run_random(t, 100 + ranks);
-                }
+        CAPTURE(mode);
+        test::for_each_random_case(slice_params(), [&](const commvq_cache_params_t& p, uint32_t ranks) {
+            OnePlan plan;
+            Ranks t(cb, p, ranks);
+            test::run_random(t, 100 + ranks);
+        });
         commvq_codebook_free(cb);
     }
 }

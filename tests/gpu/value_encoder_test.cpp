@@ -234,7 +234,7 @@ TEST_CASE("gpu: COMMVQ_CUDA_VALUE_PRODUCTS selects the products of a cache; bad 
     const Codebook cb = test::random_codebook(spec);
     CodebookHandle h(cb);
     {
-        EnvGuard env("COMMVQ_CUDA_VALUE_PRODUCTS", "fp16");
+        ScopedEnv env("COMMVQ_CUDA_VALUE_PRODUCTS", "fp16");
         CacheHandle c;
         CHECK(commvq_cache_create(h.h, ptr(cache_params(0, 0, 0, COMMVQ_DTYPE_F32)), &c.h) ==
               COMMVQ_ERR_INVALID_ARGUMENT);
@@ -242,7 +242,7 @@ TEST_CASE("gpu: COMMVQ_CUDA_VALUE_PRODUCTS selects the products of a cache; bad 
         CHECK(c.h == nullptr);
     }
     {
-        EnvGuard env("COMMVQ_CUDA_ENCODE_BATCH", "0");
+        ScopedEnv env("COMMVQ_CUDA_ENCODE_BATCH", "0");
         CacheHandle c;
         CHECK(commvq_cache_create(h.h, ptr(cache_params(0, 0, 0, COMMVQ_DTYPE_F32)), &c.h) ==
               COMMVQ_ERR_INVALID_ARGUMENT);
@@ -255,8 +255,8 @@ TEST_CASE("gpu: COMMVQ_CUDA_VALUE_PRODUCTS selects the products of a cache; bad 
     const Tensor k(size_t(N) * D, COMMVQ_DTYPE_F32, rng, 2.0), v(size_t(N) * D, COMMVQ_DTYPE_F32, rng, 0.5);
     const Encoded cpu = cpu_values(cb, 0, v.values);
     for (ValuePrecision p : kPrecisions) {
-        EnvGuard env("COMMVQ_CUDA_VALUE_PRODUCTS", cuda::value_precision_name(p));
-        EnvGuard batch("COMMVQ_CUDA_ENCODE_BATCH", "320");
+        ScopedEnv env("COMMVQ_CUDA_VALUE_PRODUCTS", cuda::value_precision_name(p));
+        ScopedEnv batch("COMMVQ_CUDA_ENCODE_BATCH", "320");
         CacheHandle c;
         CVQ_OK(commvq_cache_create(h.h, ptr(cache_params(0, 0, 0, COMMVQ_DTYPE_F32)), &c.h));
         CVQ_OK(commvq_cache_append(c.h, 0, 0, N, k.data(), v.data()));

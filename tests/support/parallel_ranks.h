@@ -240,6 +240,23 @@ struct Ranks {
     }
 };
 
+// The grid of the random cases: f(params, ranks) for every io dtype, key
+// convention and rank count, the other parameters from `base`.
+template <class F>
+void for_each_random_case(const commvq_cache_params_t& base, F&& f) {
+    for (int32_t dtype : {COMMVQ_DTYPE_F32, COMMVQ_DTYPE_BF16})
+        for (int32_t conv : {COMMVQ_KEYS_PRE_ROPE, COMMVQ_KEYS_POST_ROPE})
+            for (uint32_t ranks : {1u, 2u, 4u}) {
+                CAPTURE(dtype);
+                CAPTURE(conv);
+                CAPTURE(ranks);
+                commvq_cache_params_t p = base;
+                p.io_dtype = dtype;
+                p.key_convention = conv;
+                f(p, ranks);
+            }
+}
+
 // Prompts of two sequences, a fork, decode steps of three sequences with
 // attend and attend_batch along the way (now and then several tokens per
 // row); then everything compared.

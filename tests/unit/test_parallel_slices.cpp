@@ -43,19 +43,11 @@ commvq_cache_params_t slice_params() {
 TEST_CASE("parallel slices: 1, 2 and 4 ranks of 4 KV heads reproduce one full cache bit for bit") {
     for (int32_t mode : {COMMVQ_SCALE_TOKEN, COMMVQ_SCALE_HEAD}) {
         commvq_codebook_t* cb = codebook_handle(four_heads(mode, 7));
-        for (int32_t dtype : {COMMVQ_DTYPE_F32, COMMVQ_DTYPE_BF16})
-            for (int32_t conv : {COMMVQ_KEYS_PRE_ROPE, COMMVQ_KEYS_POST_ROPE})
-                for (uint32_t ranks : {1u, 2u, 4u}) {
-                    CAPTURE(mode);
-                    CAPTURE(dtype);
-                    CAPTURE(conv);
-                    CAPTURE(ranks);
-                    commvq_cache_params_t p = slice_params();
-                    p.io_dtype = dtype;
-                    p.key_convention = conv;
-                    Ranks t(cb, p, ranks);
-                    run_random(t, 100 + ranks);
-                }
+        CAPTURE(mode);
+        for_each_random_case(slice_params(), [&](const commvq_cache_params_t& p, uint32_t ranks) {
+            Ranks t(cb, p, ranks);
+            run_random(t, 100 + ranks);
+        });
         commvq_codebook_free(cb);
     }
 }
