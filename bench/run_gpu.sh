@@ -32,7 +32,8 @@ for step in "$@"; do
     (cd build-gpu/tests && timeout ${TEST_TIMEOUT:-150} ./commvq_gpu_tests -s -d -tc="${TEST_CASES:-*}") > "$OUTDIR/gpu_tests.log" 2>&1
     echo "gpu tests: exit $?"; grep -E "MESSAGE| s: gpu" "$OUTDIR/gpu_tests.log" | head -60
     # Errors and the totals apart, so that no number of messages hides them.
-    grep -E "ERROR|FAILED|CRASH|SIGSEGV|test cases|assertions" "$OUTDIR/gpu_tests.log" | head -40 ;;
+    grep -E "ERROR|FAILED|CRASH|SIGSEGV|test cases|assertions" "$OUTDIR/gpu_tests.log" | head -40
+    gzip -f "$OUTDIR/gpu_tests.log" ;;  # whole, it is too large to come back from the device
   sanitize)
     # racecheck instruments every shared-memory access: the short cases only.
     for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
