@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "device_common.cuh"
 #include "dtype.h"
 #include "error.h"
 #include "launchers.h"
@@ -246,7 +247,7 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
     const uint32_t D = cb.value_dim(), I = cb.value_hidden, n2 = cb.value_code_bits();
     key_bytes_ = size_t(cb.key_dim()) * dtype_size(config.io_dtype);
     value_bytes_ = size_t(D) * dtype_size(config.io_dtype);
-    norm_heads_ = D / d;
+    norm_heads_ = cb.model_kv_heads();
     layer_slots_bytes_ = (size_t(config.sink_tokens) + config.window) * (key_bytes_ + value_bytes_);
     seq_slots_bytes_ = layer_slots_bytes_ * L;
 
@@ -391,9 +392,7 @@ cuda::UncompressedView CudaBackend::slots_view(uint32_t layer) const {
 }
 
 uint8_t* CudaBackend::slot_ptr(uint32_t seq, uint32_t layer, uint64_t position) const {
-    const uint64_t S = config_.sink_tokens;
-    const uint64_t s = position < S ? position : S + (position - S) % config_.window;
-    return slots_.get<uint8_t>() + seq * seq_slots_bytes_ + layer * layer_slots_bytes_ + s * (key_bytes_ + value_bytes_);
+    return cuda::slot_address(slots_view(layer), seq, position);
 }
 
 cuda::KeyTables CudaBackend::key_tables(uint32_t layer) const {

@@ -57,11 +57,11 @@ __device__ __forceinline__ void rope_angle(uint64_t position, double freq, float
 }
 
 // The uncompressed slot index of a position (launchers.h UncompressedView).
-__device__ __forceinline__ uint64_t slot_index(const UncompressedView& u, uint64_t position) {
+__host__ __device__ __forceinline__ uint64_t slot_index(const UncompressedView& u, uint64_t position) {
     return position < u.sinks ? position : u.sinks + (position - u.sinks) % u.window;
 }
 // Its keys; the values follow at key_bytes.
-__device__ __forceinline__ uint8_t* slot_address(const UncompressedView& u, uint32_t seq, uint64_t position) {
+__host__ __device__ __forceinline__ uint8_t* slot_address(const UncompressedView& u, uint32_t seq, uint64_t position) {
     return u.base + seq * u.seq_stride + slot_index(u, position) * (uint64_t(u.key_bytes) + u.value_bytes);
 }
 // Its squared key norm over all heads (u.norms2 set).

@@ -123,7 +123,7 @@ int launch_encode_t(const ModelShape& m, const KeyTables& tables, uint32_t n, fl
 int launch_prepare_keys(const ModelShape& m, const EncodeSource& src, uint32_t n, const double* rope_freq,
                         float* t, float* scales, void* stream) {
     if (n == 0) return 0;
-    if (m.given_key_norms && n > 0 && src.first_position + n > src.from_input_position && !src.input_norms2)
+    if (m.given_key_norms && src.first_position + n > src.from_input_position && !src.input_norms2)
         return int(cudaErrorInvalidValue);
     prepare_keys_kernel<<<n, kPrepareThreads, key_smem_bytes(m), cudaStream_t(stream)>>>(m, src, rope_freq, t,
                                                                                          scales);

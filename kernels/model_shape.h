@@ -23,7 +23,7 @@ inline ModelShape model_shape(const Codebook& cb) {
     m.value_hidden = cb.value_hidden;
     m.n_key_scales = cb.n_key_scales();
     m.pair_layout = cb.pair_layout;
-    m.value_kv_heads = cb.value_dim() / cb.head_dim;
+    m.value_kv_heads = cb.model_kv_heads();
     m.kv_head_begin = cb.kv_head_begin;
     m.given_key_norms = cb.needs_given_key_norms();
     return m;

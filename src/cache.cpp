@@ -372,7 +372,7 @@ void Cache::append_rows(const char* fn, uint32_t layer, uint32_t n_seqs, const u
     // token's column in head order (key_scale.h).
     const size_t n_rows_all = size_t(n_rows);
     if (key_norms2 && backend_->host_readable(key_norms2)) {
-        const uint32_t H = cb_.value_dim() / cb_.head_dim;
+        const uint32_t H = cb_.model_kv_heads();
         for (size_t i = 0; i < size_t(H) * n_rows_all; ++i)
             require(std::isfinite(key_norms2[i]) && key_norms2[i] >= 0, COMMVQ_ERR_INVALID_ARGUMENT, [&] {
                 return f() + ": key_norms2 of head " + str(i / n_rows_all) + ", row " + str(i % n_rows_all) +

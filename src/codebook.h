@@ -78,7 +78,9 @@ struct Codebook {
     uint32_t kv_head_begin = 0;   // the model's index of this codebook's KV head 0
 
     uint32_t pairs() const { return head_dim / 2; }
-    uint32_t value_dim() const { return (value_kv_heads ? value_kv_heads : n_kv_heads) * head_dim; }  // D
+    // The model's KV heads (a slice's codebook holds fewer: n_kv_heads).
+    uint32_t model_kv_heads() const { return value_kv_heads ? value_kv_heads : n_kv_heads; }
+    uint32_t value_dim() const { return model_kv_heads() * head_dim; }  // D
     uint32_t key_dim() const { return n_kv_heads * head_dim; }  // keys of one token (D but in a slice)
     bool is_slice() const { return value_kv_heads != 0 && value_kv_heads != n_kv_heads; }
     // Whether a token's key scale needs the squared key norms of heads this

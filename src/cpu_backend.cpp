@@ -166,7 +166,7 @@ void CpuBackend::append_rows(uint32_t layer, uint32_t n_rows, const AppendRow* r
     const size_t k_row = size_t(n_tokens) * storage_.key_bytes(), v_row = size_t(n_tokens) * storage_.value_bytes();
     const auto row_norms = [&](uint32_t r) {
         return RowNorms{key_norms2 ? key_norms2 + size_t(r) * n_tokens : nullptr, size_t(n_rows) * n_tokens,
-                        cb_.value_dim() / cb_.head_dim};
+                        cb_.model_kv_heads()};
     };
     uint64_t total = 0;
     for (uint32_t r = 0; r < n_rows; ++r) {
