@@ -5,7 +5,7 @@
 # baseline: the decode benchmark (BENCH_CASES) of an earlier version's kernels/, saved in
 # .deps/baseline/kernels by `git archive REF kernels | tar -x -C .deps/baseline` and carried,
 # built beside this one, so both are timed on the same card in one call.
-# (TEST_TIMEOUT, BENCH_TIMEOUT, SANITIZE_TIMEOUT, NCU_TIMEOUT and SANITIZE_TOOLS bound each step;
+# (BUILD_TARGETS narrows the build to what the steps need; TEST_TIMEOUT, BENCH_TIMEOUT, SANITIZE_TIMEOUT, NCU_TIMEOUT and SANITIZE_TOOLS bound each step;
 # ncu reads the attention kernel's counters at 1 bit, B=1, 128K.)
 # Logs go to $OUT when set, else build-gpu/logs; the build logs end up in build_logs.tgz there
 # (the device tool returns at most 8 files).
@@ -23,7 +23,7 @@ if [[ " $* " == *" baseline "* && ! -f /tmp/baseline/build/bench/libcommvq_bench
      -DCOMMVQ_BUILD_EXAMPLES=OFF -DCOMMVQ_BUILD_TESTS=OFF > "$OUTDIR/baseline_build.log" 2>&1 \
    && cmake --build /tmp/baseline/build -j8 --target commvq_bench >> "$OUTDIR/baseline_build.log" 2>&1; echo "baseline build: exit $?") &
 fi
-cmake --build build-gpu -j16 --target commvq_gpu_tests commvq_bench train_speed > "$OUTDIR/build.log" 2>&1 \
+cmake --build build-gpu -j16 --target ${BUILD_TARGETS:-commvq_gpu_tests commvq_bench train_speed} > "$OUTDIR/build.log" 2>&1 \
   || { grep -E "error|FAILED" -A5 "$OUTDIR/build.log" | head -60; exit 1; }
 wait
 for step in "$@"; do
