@@ -308,6 +308,60 @@ class Codebook:
         self.info = self.handle.info
 
 
+class HeadCodebooks:
+    """The per-head design of docs/PARALLEL.md: one 1-KV-head codebook per KV
+    head of the model (its own value encoder, head key scales), so a rank
+    holding some heads encodes them with no exchange. Head h's cache gets
+    KV head h and query heads h*G .. h*G+G-1 (G = n_q_heads / n_kv_heads),
+    the split tools/split_kv_heads.py makes of the calibration KV."""
+
+    def __init__(self, heads):
+        self.heads = heads  # [Codebook], one per KV head
+        first = heads[0].info
+        self.group = first["n_q_heads"]
+        # What bits_per_element and the results need, summed over the heads.
+        self.info = dict(first, n_kv_heads=len(heads), n_q_heads=self.group * len(heads),
+                         compressed_token_bytes=sum(c.info["compressed_token_bytes"] for c in heads))
+
+    def check(self, model, bits):
+        """Refuses codebooks that do not split this model by KV head."""
+        if len(self.heads) != model.n_kv_heads:
+            raise SystemExit(f"--codebook-per-head {bits}=: {len(self.heads)} codebooks for a model of "
+                             f"{model.n_kv_heads} KV heads")
+        for h, c in enumerate(self.heads):
+            i = c.info
+            if (i["n_kv_heads"], i["n_q_heads"], i["head_dim"], i["n_layers"]) != \
+                    (1, model.n_q_heads // model.n_kv_heads, model.head_dim, model.n_layers):
+                raise SystemExit(f"--codebook-per-head {bits}=: head {h}'s codebook has {i['n_kv_heads']} KV "
+                                 f"heads, {i['n_q_heads']} q heads, head_dim {i['head_dim']}, {i['n_layers']} "
+                                 f"layers; want 1, {model.n_q_heads // model.n_kv_heads}, {model.head_dim}, "
+                                 f"{model.n_layers}")
+            if i["value_bits"] != bits:
+                raise SystemExit(f"--codebook-per-head: head {h}'s codebook is {i['value_bits']}-bit, not {bits}-bit")
+
+
+class HeadCaches:
+    """One cache per KV head (HeadCodebooks), used as one cache of all heads."""
+
+    def __init__(self, lib, codebooks, **params):
+        self.caches = [lib.commvq.Cache(c.handle, **params) for c in codebooks.heads]
+        self.group = codebooks.group
+
+    def seq_clear(self, seq):
+        for c in self.caches:
+            c.seq_clear(seq)
+
+    def append(self, layer, seq, k, v):
+        for h, c in enumerate(self.caches):
+            c.append(layer, seq, np.ascontiguousarray(k[:, h:h + 1]), np.ascontiguousarray(v[:, h:h + 1]))
+
+    def attend(self, layer, seq, q):
+        g = self.group
+        outs = [c.attend(layer, seq, np.ascontiguousarray(q[:, h * g:(h + 1) * g]))
+                for h, c in enumerate(self.caches)]
+        return np.concatenate([o for o, _ in outs], axis=1), np.concatenate([l for _, l in outs], axis=-1)
+
+
 class Library:
     """libcommvq through its Python binding (bindings/python)."""
 
@@ -324,7 +378,12 @@ class Library:
 
     def reconstruct(self, cb, layer, k, v):
         """What the cache's attention sees for keys k (pre-RoPE) and values v
-        [T, Hkv, d] (commvq_codebook_reconstruct), the tokens split over threads."""
+        [T, Hkv, d] (commvq_codebook_reconstruct), the tokens split over threads;
+        per-head codebooks each decode their own head."""
+        if isinstance(cb, HeadCodebooks):
+            parts = [self.reconstruct(c, layer, np.ascontiguousarray(k[:, h:h + 1]),
+                                      np.ascontiguousarray(v[:, h:h + 1])) for h, c in enumerate(cb.heads)]
+            return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
         bounds = np.linspace(0, k.shape[0], len(cb.copies) + 1).astype(int)
         parts = [self.pool.submit(cb.copies[i].reconstruct, layer, k[a:b], v[a:b])
                  for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a]
@@ -344,8 +403,9 @@ class Attention:
         self.cache = self.vs_decoded = None
         if setting["kind"] == "commvq":
             self.lib, self.codebook = lib, codebook
-            self.cache = lib.commvq.Cache(codebook.handle, window=setting["window"], max_tokens=2 * CHUNK,
-                                          n_threads=threads)
+            params = dict(window=setting["window"], max_tokens=2 * CHUNK, n_threads=threads)
+            self.cache = (HeadCaches(lib, codebook, **params) if isinstance(codebook, HeadCodebooks)
+                          else lib.commvq.Cache(codebook.handle, **params))
             # With check_decoded: the cache's attention against exact attention
             # over the tokens it decodes (commvq_codebook_reconstruct), a check
             # of the harness's use of the cache (positions, window, GQA) and of
@@ -521,6 +581,19 @@ def run(args):
                                          "key_stages": cb.info["key_stages"]}
             if cb.info["value_bits"] != int(bits):
                 raise SystemExit(f"{path} holds a {cb.info['value_bits']}-bit codebook, not {bits}-bit")
+        for spec in args.codebook_per_head:
+            bits, _, paths = spec.partition("=")
+            bits, paths = int(bits), paths.split(",")
+            if bits in codebooks:
+                raise SystemExit(f"--codebook and --codebook-per-head both give a {bits}-bit codebook")
+            cb = HeadCodebooks([lib.codebook(p) for p in paths])
+            cb.check(model, bits)
+            codebooks[bits], codebook_info[bits] = cb, cb.info
+            fps = ["%016x" % c.info["fingerprint"] for c in cb.heads]
+            codebook_files[bits] = {"path": ",".join(paths), "fingerprint": "+".join(fps),
+                                    "key_stages": cb.info["key_stages"], "per_head": True}
+    elif args.codebook_per_head:
+        raise SystemExit("--codebook-per-head needs --library")
 
     meta = run_metadata(args, lib, codebook_files, names)
     results["texts"] = texts
@@ -733,6 +806,10 @@ def parser():
     ap.add_argument("--library", help="libcommvq shared library (needed for commvq settings and MSE)")
     ap.add_argument("--codebook", action="append", default=[], metavar="BITS=PATH",
                     help="codebook file for a bit width, e.g. 1=data/codebooks/bytellama-13m-1bit.safetensors")
+    ap.add_argument("--codebook-per-head", action="append", default=[], metavar="BITS=PATH0,PATH1,...",
+                    help="instead of --codebook for that bit width: one 1-KV-head codebook per KV head (the "
+                         "per-head design of docs/PARALLEL.md, e.g. trained on tools/split_kv_heads.py's "
+                         "files); KV head h and query heads h*G..h*G+G-1 go to codebook h's cache")
     ap.add_argument("--model", default=bytellama.default_model_dir(), help="bytellama-13m directory")
     ap.add_argument("--eval-dir", default=None, help="eval-dev directory (default: beside the model)")
     ap.add_argument("--text", action="append", nargs="+", default=[], metavar="LABEL:FILE",
