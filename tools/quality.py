@@ -380,6 +380,8 @@ class Library:
         """What the cache's attention sees for keys k (pre-RoPE) and values v
         [T, Hkv, d] (commvq_codebook_reconstruct), the tokens split over threads;
         per-head codebooks each decode their own head."""
+        if k.shape[0] == 0:  # a chunk no longer than the window: nothing to decode
+            return np.zeros(k.shape, k.dtype), np.zeros(v.shape, v.dtype)
         if isinstance(cb, HeadCodebooks):
             parts = [self.reconstruct(c, layer, np.ascontiguousarray(k[:, h:h + 1]),
                                       np.ascontiguousarray(v[:, h:h + 1])) for h, c in enumerate(cb.heads)]

@@ -13,3 +13,5 @@ build-cpu/tools/commvq-train -i $W/m8.safetensors -o $W/full-1bit.safetensors $C
 for I in 256 512; do for h in 0 1; do
   build-cpu/tools/commvq-train -i $W/m8.head$h.safetensors -o $W/perhead-i$I-1bit.head$h.safetensors $COMMON --value-hidden $I
 done; done
+# a check of the per-head path on the trained codebooks: cache vs exact attention over decoded tokens (shard 0/4)
+/usr/bin/python3 tools/quality.py --library build-cpu/libcommvq.so --threads 2 --mse-chunks 0 --shard 0/4 --settings commvq-1bit-w128 --check-decoded --codebook-per-head 1=$W/perhead-i256-1bit.head0.safetensors,$W/perhead-i256-1bit.head1.safetensors --results $R/check-decoded-s0-perhead-i256.json
