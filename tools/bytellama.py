@@ -177,6 +177,12 @@ def rope_inv_freq(head_dim, theta, rope_type, p):
     return inv
 
 
+def query_heads(kv_head, group):
+    """The query heads that read KV head kv_head under GQA (query head h reads
+    KV head h // group, as reference_attention's repeat_interleave has it)."""
+    return slice(kv_head * group, (kv_head + 1) * group)
+
+
 def rotate_half(x):
     """[x1, x2] -> [-x2, x1] along the last dim: dim j pairs with j + d/2."""
     h = x.shape[-1] // 2
@@ -283,7 +289,7 @@ class Llama:
         kpos = positions[-T:] if positions.shape[0] >= T else torch.arange(T, device=k.device)
         k = self.rope(k, kpos)
         group = self.n_q_heads // self.n_kv_heads
-        # GQA: query head h reads KV head h // group.
+        # GQA: query head h reads KV head h // group (query_heads).
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
         qpos = positions[-q.shape[0]:]

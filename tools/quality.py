@@ -328,14 +328,14 @@ class HeadCodebooks:
         if len(self.heads) != model.n_kv_heads:
             raise SystemExit(f"--codebook-per-head {bits}=: {len(self.heads)} codebooks for a model of "
                              f"{model.n_kv_heads} KV heads")
+        want = (1, model.n_q_heads // model.n_kv_heads, model.head_dim, model.n_layers)
         for h, c in enumerate(self.heads):
             i = c.info
-            if (i["n_kv_heads"], i["n_q_heads"], i["head_dim"], i["n_layers"]) != \
-                    (1, model.n_q_heads // model.n_kv_heads, model.head_dim, model.n_layers):
-                raise SystemExit(f"--codebook-per-head {bits}=: head {h}'s codebook has {i['n_kv_heads']} KV "
-                                 f"heads, {i['n_q_heads']} q heads, head_dim {i['head_dim']}, {i['n_layers']} "
-                                 f"layers; want 1, {model.n_q_heads // model.n_kv_heads}, {model.head_dim}, "
-                                 f"{model.n_layers}")
+            have = (i["n_kv_heads"], i["n_q_heads"], i["head_dim"], i["n_layers"])
+            if have != want:
+                raise SystemExit(f"--codebook-per-head {bits}=: head {h}'s codebook has {have[0]} KV heads, "
+                                 f"{have[1]} q heads, head_dim {have[2]}, {have[3]} layers; want "
+                                 f"{', '.join(map(str, want))}")
             if i["value_bits"] != bits:
                 raise SystemExit(f"--codebook-per-head: head {h}'s codebook is {i['value_bits']}-bit, not {bits}-bit")
 
@@ -357,7 +357,7 @@ class HeadCaches:
 
     def attend(self, layer, seq, q):
         g = self.group
-        outs = [c.attend(layer, seq, np.ascontiguousarray(q[:, h * g:(h + 1) * g]))
+        outs = [c.attend(layer, seq, np.ascontiguousarray(q[:, bytellama.query_heads(h, g)]))
                 for h, c in enumerate(self.caches)]
         return np.concatenate([o for o, _ in outs], axis=1), np.concatenate([l for _, l in outs], axis=-1)
 

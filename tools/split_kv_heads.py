@@ -41,7 +41,7 @@ def split(tensors, meta):
             elif kind == "queries":
                 if a.ndim != 3 or a.shape[1] != hq:
                     raise ValueError(f"{name}: shape {a.shape}, want [T, {hq}, d]")
-                part[name] = np.ascontiguousarray(a[:, h * group:(h + 1) * group])
+                part[name] = np.ascontiguousarray(a[:, bytellama.query_heads(h, group)])
             else:
                 raise ValueError(f"unknown tensor {name}")
         m = dict(meta)
