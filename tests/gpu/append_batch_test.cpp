@@ -26,9 +26,15 @@
 //     within 1e-4). The counts are printed. A wrong row, position or
 //     sequence in the one-pass indexing changes about half the value bits
 //     and the key codes of the token: far outside these bounds;
-//   - attend_batch outputs and lse of every sequence: bit for bit when
-//     every code and weight agrees, else within the attention tolerance
-//     (relative L2 2e-3; bf16 io 1e-2).
+//   - attend_batch outputs and lse of each sequence: bit for bit when
+//     every code and weight of that sequence agrees. Where a near-tie value
+//     code differs, keys and probabilities still agree (lse within 1e-5),
+//     so each head's output may move by at most the largest change of a
+//     decoded value plus each output's own error (relative L2 2e-3; bf16
+//     io 1e-2). A flipped bit in a sequence of a few tokens moves its
+//     output by more than any fixed tolerance would allow: a batch-wide
+//     2e-3 failed on an H100 (2026-12-07: 0.0089 for 3 rows appending one
+//     token a step, window 0).
 // Outputs are poisoned (NaN) before every call.
 #include <doctest/doctest.h>
 
@@ -72,6 +78,25 @@ struct Batch {
     std::vector<uint8_t> k, v;
     std::vector<double> norms2;
 };
+
+// The largest L2 difference between two caches' decoded values of one
+// sequence's compressed tokens at a layer (0 where all their codes agree).
+double max_value_difference(Cache& a, Cache& b, uint32_t layer, uint32_t seq) {
+    const Codebook& cb = a.codebook();
+    const auto ta = compressed_tokens(a, layer, seq), tb = compressed_tokens(b, layer, seq);
+    REQUIRE(ta.size() == tb.size());
+    ValueEncoder ve(cb, layer);
+    std::vector<float> va(cb.value_dim()), vb(cb.value_dim());
+    double worst = 0;
+    for (size_t i = 0; i < ta.size(); ++i) {
+        ve.decode(ta[i].value_bits.data(), ta[i].value_weight, va.data());
+        ve.decode(tb[i].value_bits.data(), tb[i].value_weight, vb.data());
+        double s = 0;
+        for (size_t j = 0; j < va.size(); ++j) s += (double(va[j]) - vb[j]) * (double(va[j]) - vb[j]);
+        worst = std::max(worst, std::sqrt(s));
+    }
+    return worst;
+}
 
 // A one-pass cache and its reference, made alike, fed alike.
 struct Twin {
@@ -166,32 +191,67 @@ struct Twin {
         CHECK(codes.token_heads_differ == 0);
         CHECK(codes.max_scale_err == 0);
         check_codes(codes);
-        const bool same_codes = codes.bits_differ == 0 && codes.weights_differ == 0;
 
         std::vector<uint32_t> ids;
         for (uint32_t s = 0; s < max_seqs; ++s)
             if (one_pass.cache().sequence(s).layers[0].length) ids.push_back(s);
         const Codebook& cb = one_pass.cache().codebook();
-        const size_t q_elems = ids.size() * cb.n_q_heads * cb.head_dim;
+        const size_t row = size_t(cb.n_q_heads) * cb.head_dim, q_elems = ids.size() * row;
+        const double tol = dtype == COMMVQ_DTYPE_BF16 ? 1e-2 : 2e-3;
         for (uint32_t l = 0; l < L; ++l) {
             CAPTURE(l);
+            // Per sequence: do its codes agree, and if not, the largest
+            // difference of a token's decoded value between the caches.
+            std::vector<double> value_diff(ids.size(), 0.0);
+            std::vector<char> same(ids.size());
+            for (size_t i = 0; i < ids.size(); ++i) {
+                const CodeDiff d = compare_codes(one_pass.cache(), in_turn.cache(), l, ids[i]);
+                same[i] = d.bits_differ == 0 && d.weights_differ == 0;
+                if (!same[i]) value_diff[i] = max_value_difference(one_pass.cache(), in_turn.cache(), l, ids[i]);
+            }
             const std::vector<uint8_t> q = test::io_tokens(rng, q_elems, dtype);
             std::vector<uint8_t> oa(q.size(), 0xff), ob(q.size(), 0xff);
             std::vector<float> la(ids.size() * cb.n_q_heads, NAN), lb(la.size(), NAN);
             const uint32_t m = uint32_t(ids.size());
             CVQ_OK(commvq_cache_attend_batch(one_pass.h, l, m, ids.data(), q.data(), oa.data(), la.data(), 0));
             CVQ_OK(commvq_cache_attend_batch(in_turn.h, l, m, ids.data(), q.data(), ob.data(), lb.data(), 0));
-            if (same_codes) {
-                CHECK(oa == ob);
-                CHECK(std::memcmp(la.data(), lb.data(), la.size() * 4) == 0);
-                continue;
-            }
             std::vector<float> fa(q_elems), fb(q_elems);
             to_float(oa.data(), dtype, q_elems, fa.data());
             to_float(ob.data(), dtype, q_elems, fb.data());
-            const double err = rel_error(fa, std::vector<double>(fb.begin(), fb.end()));
-            MESSAGE("layer " << l << ": attention of the one-pass cache vs rows in turn, relative difference " << err);
-            CHECK(err < (dtype == COMMVQ_DTYPE_BF16 ? 1e-2 : 2e-3));
+            size_t differing = 0;
+            double worst = 0;  // largest output difference over its bound
+            for (size_t i = 0; i < ids.size(); ++i) {
+                CAPTURE(ids[i]);
+                const size_t o = i * row;
+                if (same[i]) {
+                    CHECK(std::memcmp(oa.data() + o * es, ob.data() + o * es, row * es) == 0);
+                    CHECK(std::memcmp(la.data() + i * cb.n_q_heads, lb.data() + i * cb.n_q_heads, cb.n_q_heads * 4) == 0);
+                    continue;
+                }
+                // Keys, scales and the uncompressed tokens agree (checked
+                // above), so the probabilities do: each head's output moves by
+                // at most the largest change of a decoded value (probabilities
+                // sum to 1), plus each output's own error against exact.
+                ++differing;
+                for (uint32_t h = 0; h < cb.n_q_heads; ++h) {
+                    double na = 0, nb = 0, nd = 0;
+                    for (uint32_t j = 0; j < cb.head_dim; ++j) {
+                        const double a = fa[o + h * cb.head_dim + j], b = fb[o + h * cb.head_dim + j];
+                        na += a * a;
+                        nb += b * b;
+                        nd += (a - b) * (a - b);
+                    }
+                    const double bound = value_diff[i] + tol * (std::sqrt(na) + std::sqrt(nb));
+                    worst = std::max(worst, std::sqrt(nd) / bound);
+                    CHECK(std::sqrt(nd) <= bound);
+                    CHECK(std::fabs(la[i * cb.n_q_heads + h] - lb[i * cb.n_q_heads + h]) <=
+                          1e-5 * std::fabs(lb[i * cb.n_q_heads + h]));
+                }
+            }
+            if (differing)
+                MESSAGE("layer " << l << ": " << differing << " of " << ids.size()
+                                 << " sequences with near-tie value codes; largest output difference over its bound "
+                                 << worst);
         }
     }
 };
