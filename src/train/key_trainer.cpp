@@ -29,6 +29,13 @@ constexpr size_t kSlabSamples = 2048;
 // Soft weights below exp(-kSoftCut) times the largest weight of the sample
 // are dropped (4e-18: far below float32 resolution of the sums they join).
 constexpr double kSoftCut = 40.0;
+// A sample's soft weights are exp(-(e - emin) / T) with e a float32 square
+// root and emin the float64 one of the nearest code's squared distance: the
+// nearest code's own weight is exp(+-(half a float32 ulp of e) / T), up to
+// exp(+-150) at T = 1e-10 (2-bit stages 17-20), past float32's range. Within
+// exp(+-kMaxShift) it cancels in the normalization; beyond, the nearest
+// code's float32 e is the reference instead (its weight exactly 1).
+constexpr double kMaxShift = 80.0;
 // A sub-center whose soft weight (summed over the 2C centers it is part of)
 // is below this receives no weight in practice: it is re-seeded.
 constexpr double kDeadWeight = 1e-3;
@@ -246,6 +253,8 @@ private:
         double emin = std::sqrt(std::max(0.0, double(e2min)));
         double reach = emin + kSoftCut * temperature;
         float cut = float(reach * reach);
+        double nearest = std::sqrt(std::max(0.0f, e2min));  // e of the nearest code, as below
+        double ref = std::abs(nearest - emin) <= kMaxShift * temperature ? emin : nearest;
         size_t first = survivors.size();
         double sum = 0;
         for (uint32_t a = 0; a < C_; ++a) {
@@ -254,7 +263,7 @@ private:
             for (uint32_t b = 0; b < C_; ++b) {
                 if (r[b] > cut) continue;
                 double e = std::sqrt(std::max(0.0f, r[b]));
-                double w = std::exp(-(e - emin) / temperature);
+                double w = std::exp(-(e - ref) / temperature);
                 survivors.push_back({sample, uint32_t(size_t(a) * C_ + b), float(w)});
                 sum += w;
             }

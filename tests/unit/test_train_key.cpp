@@ -117,6 +117,35 @@ TEST_CASE("train: EM survives sub-centers that receive no weight") {
     CHECK(reports[1].mse < 1e-6);  // two distinct vectors, two stages: exact
 }
 
+TEST_CASE("train: EM keeps its soft weights finite at the lowest temperatures (2-bit stages 17-20)") {
+    // Unit keys in 128 dimensions and only C = 4: 21 stages leave residuals of
+    // norm about 0.5, whose float32 distances carry rounding of about 1e-8,
+    // while stages 17-20 anneal T down to 1e-10. A reference distance off by
+    // 1e-8 then put the nearest code's weight at exp(100) (past float32) or
+    // exp(-100) (zero): the weights summed to inf and the M-step's normal
+    // matrix failed at pivot 0 (a 2-bit training of bytellama keys, layer 3).
+    const uint32_t C = 4, d = 128, stages = 21;
+    const size_t n = 1024;
+    test::Rng rng(17);
+    std::vector<float> samples = rng.normals(n * d), scales(n, 20.0f);
+    for (size_t i = 0; i < n; ++i) {
+        double s2 = 0;
+        for (uint32_t k = 0; k < d; ++k) s2 += double(samples[i * d + k]) * samples[i * d + k];
+        for (uint32_t k = 0; k < d; ++k) samples[i * d + k] = float(samples[i * d + k] / std::sqrt(s2));
+    }
+    train::KeyTrainConfig config;
+    config.sub_centers = C;
+    config.max_steps = 10;
+    config.n_threads = 2;
+    std::vector<train::KeyStageReport> reports;
+    std::vector<float> z;
+    REQUIRE_NOTHROW(z = train::train_key_head(samples.data(), scales.data(), n, d, stages, config, 9, nullptr,
+                                              &reports));
+    for (float v : z) REQUIRE(std::isfinite(v));
+    REQUIRE(reports.size() == stages);
+    for (uint32_t r = 1; r < stages; ++r) CHECK(reports[r].mse <= reports[r - 1].mse);
+}
+
 TEST_CASE("train: EM temperature schedule") {
     // f = 1 for stage 0, divided by 10 after stages 0, 4, 8, ...
     CHECK(train::em_temperature(0, 0, 100) == doctest::Approx(1e-3));
