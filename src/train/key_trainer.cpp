@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <numeric>
 #include <random>
+#include <string>
 
 #include "dense.h"
 #include "error.h"
@@ -162,11 +164,14 @@ public:
     // Hard-assignment MSE of the last E-step, in the keys' own units.
     double mse() const { return squared_error_ / (double(n_) * d_); }
     uint32_t hard_code(size_t i) const { return hard_code_[i]; }
+    // The last E-step's soft weights summed over samples and codes: n when
+    // every sample's weights are finite (they sum to 1).
+    double total_weight() const { return std::accumulate(weight_.begin(), weight_.end(), 0.0); }
 
     // The M-step on the last E-step's statistics. Writes z [C][d]; returns
     // the number of dead sub-centers re-seeded.
     uint32_t m_step(float* z) const {
-        double total = std::accumulate(weight_.begin(), weight_.end(), 0.0);
+        double total = total_weight();
         double ridge = kRelativeRidge * 2.0 * total / C_ + std::numeric_limits<double>::min();
         solve_commutative_centers(weight_.data(), weighted_sum_.data(), C_, d_, ridge, z);
         return reseed_dead(z);
@@ -361,7 +366,21 @@ KeyStageReport train_stage(float* residuals, const float* scales, size_t n, uint
     }
     em.e_step_explicit(start.data(), 1.0);
     std::vector<float> z(size_t(C) * d);
-    report.reseeded += em.m_step(z.data());
+    // The M-step; a failure names the head, the stage and the step
+    // (config.max_steps for the start) and the weights that fed it.
+    auto m_step = [&](uint32_t step) {
+        try {
+            return em.m_step(z.data());
+        } catch (const Error& e) {
+            char total[32];
+            std::snprintf(total, sizeof total, "%g", em.total_weight());
+            throw Error(e.status(), (config.name.empty() ? std::string() : config.name + " ") + "stage " +
+                                        std::to_string(stage) +
+                                        (step == config.max_steps ? " start" : " step " + std::to_string(step)) +
+                                        ": " + e.what() + " (E-step soft weights summing to " + total + ")");
+        }
+    };
+    report.reseeded += m_step(config.max_steps);
 
     std::vector<float> best_z = z;
     double best = std::numeric_limits<double>::infinity();
@@ -376,7 +395,7 @@ KeyStageReport train_stage(float* residuals, const float* scales, size_t n, uint
         } else if (mse - best < kStopIncrease) {
             break;
         }
-        report.reseeded += em.m_step(z.data());
+        report.reseeded += m_step(step);
     }
     report.mse = best;
     std::memcpy(sub_centers, best_z.data(), best_z.size() * sizeof(float));

@@ -3,8 +3,10 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <string>
 #include <vector>
 
+#include "error.h"
 #include "random_codebook.h"
 #include "train/key_trainer.h"
 
@@ -144,6 +146,32 @@ TEST_CASE("train: EM keeps its soft weights finite at the lowest temperatures (2
     for (float v : z) REQUIRE(std::isfinite(v));
     REQUIRE(reports.size() == stages);
     for (uint32_t r = 1; r < stages; ++r) CHECK(reports[r].mse <= reports[r - 1].mse);
+}
+
+TEST_CASE("train: an M-step that cannot be factored names the head, the stage and the step") {
+    // A sample whose squared norm overflows float32 gives infinite distances,
+    // so no soft weight is finite: the error says where, and what the weights
+    // summed to.
+    const uint32_t C = 4, d = 8;
+    const size_t n = 64;
+    test::Rng rng(5);
+    std::vector<float> samples = rng.normals(n * d), scales(n, 1.0f);
+    for (uint32_t k = 0; k < d; ++k) samples[7 * d + k] = 1e30f;
+    train::KeyTrainConfig config;
+    config.sub_centers = C;
+    config.max_steps = 4;
+    config.name = "keys layer 3 head 0";
+    try {
+        train::train_key_head(samples.data(), scales.data(), n, d, 2, config, 1, nullptr, nullptr);
+        FAIL("no error");
+    } catch (const Error& e) {
+        CHECK(e.status() == COMMVQ_ERR_INTERNAL);
+        const std::string message = e.what();
+        CAPTURE(message);
+        CHECK(message.rfind("keys layer 3 head 0 stage 0 start: M-step normal matrix is not positive definite", 0) == 0);
+        CHECK(message.find("(E-step soft weights summing to ") != std::string::npos);
+        CHECK(message.find("nan)") != std::string::npos);
+    }
 }
 
 TEST_CASE("train: EM temperature schedule") {
