@@ -28,6 +28,7 @@ import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+import commvq  # noqa: E402
 
 
 def stand_in_transformers():
@@ -77,7 +78,8 @@ def drive(codebook, rank, ranks, prefill, padded):
     import torch
     cache_mod = sys.modules["commvq.transformers.cache"]
     gen = torch.Generator().manual_seed(3)
-    info = __import__("commvq").Codebook.load(codebook).info
+    with commvq.Codebook.load(codebook) as cb:
+        info = cb.info
     B, Hq, H, d, L = 2, info["n_q_heads"], info["n_kv_heads"], info["head_dim"], info["n_layers"]
     count = H // ranks
     kv, qh = slice(rank * count, (rank + 1) * count), slice(rank * count * Hq // H, (rank + 1) * count * Hq // H)
@@ -103,7 +105,7 @@ def rank_main(rank, ranks, init_file, codebook, out_dir):
     import torch
     import torch.distributed as dist
     stand_in_transformers()
-    __import__("commvq").load_library(os.environ["COMMVQ_LIBRARY"])
+    commvq.load_library(os.environ["COMMVQ_LIBRARY"])
     dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=ranks)
     torch.save([drive(codebook, rank, ranks, *case) for case in CASES], os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -137,8 +139,8 @@ def main():
         print("torch: no gloo backend, the test is skipped")
         return
     cache_mod = stand_in_transformers()
-    commvq = __import__("commvq")
-    info = commvq.Codebook.load(codebook).info
+    with commvq.Codebook.load(codebook) as cb:
+        info = cb.info
     assert info["n_kv_heads"] == 2, "the test wants a codebook of 2 KV heads"
     refusals(cache_mod, codebook)
     full = [drive(codebook, 0, 1, *case) for case in CASES]

@@ -301,8 +301,8 @@ class CommvqCache(Cache):
     def _engine_for(self, query: torch.Tensor, key: torch.Tensor, scaling: Optional[float]) -> Engine:
         """The library cache, created at the first forward; checks the batch and shapes."""
         B, Hq, _, d = query.shape
-        begin, count = self._head_slice(Hq, key.shape[1], d)
         if self.engine is None:
+            begin, count = self._head_slice(Hq, key.shape[1], d)
             if query.dtype not in _IO_DTYPES:
                 raise ValueError(f"CommvqCache: queries are {query.dtype}; the library takes float32, float16 or "
                                  "bfloat16")
@@ -318,6 +318,11 @@ class CommvqCache(Cache):
             if self._owns_codebook:
                 self._codebook.close()  # the library cache keeps its own copy
             self._codebook = None
+        elif (Hq, key.shape[1], d) != (self.engine.n_q_heads, self.engine.kv_head_count, self.engine.head_dim):
+            # The heads were settled when the cache was made: later forwards must bring the same.
+            e = self.engine
+            raise ValueError(f"CommvqCache: the model's layers have {Hq} query heads, {key.shape[1]} KV heads and "
+                             f"head_dim {d}; the cache was made for {e.n_q_heads}, {e.kv_head_count} and {e.head_dim}")
         if not self.rows:
             if B > len(self._free):
                 raise ValueError(f"CommvqCache: a batch of {B} rows, but the cache was made for "
