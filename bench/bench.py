@@ -2,7 +2,7 @@
 PyTorch's bf16 scaled_dot_product_attention in the same process on the same
 GPU (LLaMA-3.1-8B layer: 32 query heads, 8 KV heads, head_dim 128).
 
-    python3 bench/bench.py build-gpu/bench/libcommvq_bench.so
+    python3 bench/bench.py build-gpu/bench/libcommvq_bench.so [decode] [full] [prefill] [encode] [prompt]
 
 Prints a markdown table (docs/PERF.md keeps the results)."""
 import ctypes
@@ -43,6 +43,52 @@ def sdpa_us(batch, ctx, backend, reps=200):
     finally:
         del kvs
         torch.cuda.empty_cache()
+
+
+def sdpa_prefill_us(ctx, queries, reps=10):
+    """Median µs of bf16 SDPA for a causal chunk of `queries` queries at the end
+    of ctx + queries keys (the mask aligned bottom-right, as a chunk of a
+    longer prompt sees it), rotating over 4 KV sets; the backend PyTorch picks."""
+    from torch.nn.attention.bias import causal_lower_right
+    q = torch.randn(1, HQ, queries, D, device="cuda", dtype=torch.bfloat16)
+    kvs = [(torch.randn(1, HKV, ctx + queries, D, device="cuda", dtype=torch.bfloat16),
+            torch.randn(1, HKV, ctx + queries, D, device="cuda", dtype=torch.bfloat16)) for _ in range(4)]
+    mask = causal_lower_right(queries, ctx + queries)
+    try:
+        for k, v in kvs:
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        times = []
+        for i in range(reps * 4):
+            k, v = kvs[i % 4]
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) * 1000)
+        return statistics.median(times)
+    except RuntimeError as e:
+        print(f"  (SDPA with a lower-right causal mask unavailable: {str(e).splitlines()[0]})", file=sys.stderr)
+        return float("nan")
+    finally:
+        del kvs
+        torch.cuda.empty_cache()
+
+
+def prefill_table(lib):
+    """A 2048-query causal prefill chunk attended from codes over 32K and 128K
+    earlier tokens (issue 9, part 2), next to bf16 SDPA over the same keys.
+    PREFILL_CASES="bits:ctx,..." replaces the cases."""
+    cases = [(1, 32768), (1, 131072), (2, 32768)]
+    if os.environ.get("PREFILL_CASES"):
+        cases = [tuple(int(x) for x in c.split(":")) for c in os.environ["PREFILL_CASES"].split(",")]
+    queries = int(os.environ.get("PREFILL_QUERIES", "2048"))
+    print(f"\n| prefill chunk | bits | earlier tokens | queries | commvq (µs per layer) | bf16 SDPA (µs) | ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for bits, ctx in cases:
+        ours = lib.cvq_bench_prefill(bits, ctx, queries, 3)
+        ref = sdpa_prefill_us(ctx, queries)
+        print(f"| causal, from codes | {bits} | {ctx} | {queries} | {ours:.0f} | {ref:.0f} | {ours / ref:.2f} |", flush=True)
 
 
 # Bytes per sequence of 128K tokens over 32 layers (LLaMA-3.1-8B).
@@ -161,6 +207,8 @@ def main():
     lib.cvq_bench_encode_values.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int32, ctypes.POINTER(ctypes.c_double)]
     lib.cvq_bench_append.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double)]
     lib.cvq_bench_prompt.argtypes = [ctypes.c_uint64, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double)]
+    lib.cvq_bench_prefill.restype = ctypes.c_double
+    lib.cvq_bench_prefill.argtypes = [ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32]
     only = set(sys.argv[2:])
 
     print(f"# {torch.cuda.get_device_name()} , {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}")
@@ -182,6 +230,8 @@ def main():
                   f"{ours / flash:.2f} | {ours / cudnn:.2f} | {targets.get((bits, batch, ctx), '')} |", flush=True)
     if not only or "full" in only:
         card_full(lib)
+    if not only or "prefill" in only:
+        prefill_table(lib)
     if not only or "encode" in only:
         encode_table(lib)
     if not only or "prompt" in only:
