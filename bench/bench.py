@@ -58,12 +58,12 @@ def sdpa_prefill_us(ctx, queries, reps=10):
     kvs = [(torch.randn(1, HKV, ctx + queries, D, device="cuda", dtype=torch.bfloat16),
             torch.randn(1, HKV, ctx + queries, D, device="cuda", dtype=torch.bfloat16)) for _ in range(4)]
 
-    def timed(call):
-        for k, v in kvs:
+    def timed(call, sets):
+        for k, v in sets:
             call(k, v)
         times = []
         for i in range(reps * 4):
-            k, v = kvs[i % 4]
+            k, v = sets[i % 4]
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
             call(k, v)
@@ -76,14 +76,15 @@ def sdpa_prefill_us(ctx, queries, reps=10):
     rep = HQ // HKV
     try:
         try:
-            return timed(lambda k, v: F.scaled_dot_product_attention(
-                q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), attn_mask=mask)), "causal"
+            wide = [(k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)) for k, v in kvs]
+            return timed(lambda k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), wide), "causal"
         except RuntimeError as e:
             print(f"  (SDPA with a lower-right causal mask failed: {str(e).splitlines()[0]}; timed without the mask)",
                   file=sys.stderr)
-            return timed(lambda k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)), "no mask"
+            wide = None
+            return timed(lambda k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), kvs), "no mask"
     finally:
-        del kvs
+        del kvs, wide
         torch.cuda.empty_cache()
 
 
