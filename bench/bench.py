@@ -2,7 +2,7 @@
 PyTorch's bf16 scaled_dot_product_attention in the same process on the same
 GPU (LLaMA-3.1-8B layer: 32 query heads, 8 KV heads, head_dim 128).
 
-    python3 bench/bench.py build-gpu/bench/libcommvq_bench.so
+    python3 bench/bench.py build-gpu/bench/libcommvq_bench.so [decode] [full] [prefill] [encode] [prompt]
 
 Prints a markdown table (docs/PERF.md keeps the results)."""
 import ctypes
@@ -43,6 +43,66 @@ def sdpa_us(batch, ctx, backend, reps=200):
     finally:
         del kvs
         torch.cuda.empty_cache()
+
+
+def sdpa_prefill_us(ctx, queries, reps=10):
+    """Median µs of bf16 SDPA for a causal chunk of `queries` queries at the end
+    of ctx + queries keys, rotating over 4 KV sets. The mask is aligned
+    bottom-right, as a chunk of a longer prompt sees it (torch's
+    causal_lower_right, which runs on the memory-efficient backend; that
+    backend takes no grouped heads, so the 8 KV heads are repeated to 32:
+    the chunk is compute-bound, the extra bytes cost little). Where that
+    fails, the same call without the mask (1-2% more work) and a note."""
+    from torch.nn.attention.bias import causal_lower_right
+    q = torch.randn(1, HQ, queries, D, device="cuda", dtype=torch.bfloat16)
+    kvs = [(torch.randn(1, HKV, ctx + queries, D, device="cuda", dtype=torch.bfloat16),
+            torch.randn(1, HKV, ctx + queries, D, device="cuda", dtype=torch.bfloat16)) for _ in range(4)]
+
+    def timed(call, sets):
+        for k, v in sets:
+            call(k, v)
+        times = []
+        for i in range(reps * 4):
+            k, v = sets[i % 4]
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            call(k, v)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) * 1000)
+        return statistics.median(times)
+
+    mask = causal_lower_right(queries, ctx + queries)
+    rep = HQ // HKV
+    try:
+        try:
+            wide = [(k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)) for k, v in kvs]
+            return timed(lambda k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), wide), "causal"
+        except RuntimeError as e:
+            print(f"  (SDPA with a lower-right causal mask failed: {str(e).splitlines()[0]}; timed without the mask)",
+                  file=sys.stderr)
+            wide = None
+            return timed(lambda k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), kvs), "no mask"
+    finally:
+        del kvs, wide
+        torch.cuda.empty_cache()
+
+
+def prefill_table(lib):
+    """A 2048-query causal prefill chunk attended from codes over 32K and 128K
+    earlier tokens (issue 9, part 2), next to bf16 SDPA over the same keys.
+    PREFILL_CASES="bits:ctx,..." replaces the cases."""
+    cases = [(1, 32768), (1, 131072), (2, 32768)]
+    if os.environ.get("PREFILL_CASES"):
+        cases = [tuple(int(x) for x in c.split(":")) for c in os.environ["PREFILL_CASES"].split(",")]
+    queries = int(os.environ.get("PREFILL_QUERIES", "2048"))
+    print(f"\n| prefill chunk | bits | earlier tokens | queries | commvq (µs per layer) | bf16 SDPA (µs) | SDPA mask | ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for bits, ctx in cases:
+        ours = lib.cvq_bench_prefill(bits, ctx, queries, 3)
+        ref, how = sdpa_prefill_us(ctx, queries)
+        print(f"| causal, from codes | {bits} | {ctx} | {queries} | {ours:.0f} | {ref:.0f} | {how} | {ours / ref:.2f} |",
+              flush=True)
 
 
 # Bytes per sequence of 128K tokens over 32 layers (LLaMA-3.1-8B).
@@ -161,6 +221,8 @@ def main():
     lib.cvq_bench_encode_values.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int32, ctypes.POINTER(ctypes.c_double)]
     lib.cvq_bench_append.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double)]
     lib.cvq_bench_prompt.argtypes = [ctypes.c_uint64, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double)]
+    lib.cvq_bench_prefill.restype = ctypes.c_double
+    lib.cvq_bench_prefill.argtypes = [ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32]
     only = set(sys.argv[2:])
 
     print(f"# {torch.cuda.get_device_name()} , {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}")
@@ -182,6 +244,8 @@ def main():
                   f"{ours / flash:.2f} | {ours / cudnn:.2f} | {targets.get((bits, batch, ctx), '')} |", flush=True)
     if not only or "full" in only:
         card_full(lib)
+    if not only or "prefill" in only:
+        prefill_table(lib)
     if not only or "encode" in only:
         encode_table(lib)
     if not only or "prompt" in only:

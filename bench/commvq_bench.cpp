@@ -167,6 +167,48 @@ __attribute__((visibility("default"))) double cvq_bench_decode(uint32_t bits, ui
     return median(times);
 }
 
+// A prefill chunk attended from codes, µs per layer: one sequence of
+// `ctx` + `queries` tokens (the chunk's own tokens appended first, as an
+// engine appends a chunk before attending it), then `queries` causal bf16
+// queries at its last positions (commvq_cache_attend); median over `reps`
+// rounds of the 4 layers, timed by events (no graph). Returns < 0 on failure.
+__attribute__((visibility("default"))) double cvq_bench_prefill(uint32_t bits, uint64_t ctx, uint32_t queries,
+                                                                 uint32_t reps) {
+    constexpr uint32_t kLayers = 4;
+    const Codebook& cb = llama_codebook(bits, kLayers);
+    commvq_codebook_t handle{cb};
+    commvq_cache_t* c = nullptr;
+    const commvq_cache_params_t p = params(1, ctx + queries + 64);
+    BENCH_OK(commvq_cache_create(&handle, &p, &c));
+    std::unique_ptr<commvq_cache_t, void (*)(commvq_cache_t*)> guard(c, commvq_cache_destroy);
+    const size_t row = size_t(cb.value_dim());
+    const uint64_t total = ctx + queries;
+    DeviceRows k(std::min<uint64_t>(total, kChunk) * row, 2.0, 1), v(std::min<uint64_t>(total, kChunk) * row, 1.0, 2);
+    if (fill(c, kLayers, 0, total, k, v)) return -1;
+    DeviceRows q(size_t(queries) * cb.n_q_heads * cb.head_dim, 3.0, 3);
+    void* out = nullptr;
+    BENCH_CUDA(cudaMalloc(&out, size_t(queries) * cb.n_q_heads * cb.head_dim * 2));
+    std::unique_ptr<void, cudaError_t (*)(void*)> out_guard(out, cudaFree);
+    for (uint32_t l = 0; l < kLayers; ++l) BENCH_OK(commvq_cache_attend(c, l, 0, queries, q.ptr, out, nullptr, 0));
+    BENCH_CUDA(cudaDeviceSynchronize());
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    std::vector<double> times;
+    for (uint32_t i = 0; i < reps; ++i) {
+        cudaEventRecord(a);
+        for (uint32_t l = 0; l < kLayers; ++l) BENCH_OK(commvq_cache_attend(c, l, 0, queries, q.ptr, out, nullptr, 0));
+        cudaEventRecord(b);
+        BENCH_CUDA(cudaEventSynchronize(b));
+        float ms = 0;
+        cudaEventElapsedTime(&ms, a, b);
+        times.push_back(ms * 1000.0 / kLayers);
+    }
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return median(times);
+}
+
 }  // extern "C"
 
 namespace {

@@ -23,6 +23,14 @@ peak allocated bytes plus the library's reserved device bytes (libcommvq
 allocates with cudaMalloc, outside torch's allocator).
 
 Prints a markdown table; rows appear as they are measured.
+
+Tensor parallelism (docs/PARALLEL.md): under `torchrun --nproc-per-node N`
+the model is saved once (rank 0, to --model-dir) and loaded by every rank
+with tp_plan="auto" (NCCL, one GPU per rank), so each rank holds 1/N of the
+heads and its CommvqCache a slice cache. Every rank draws the same token ids;
+the batch is the smallest of the ranks' estimates (no out-of-memory retry:
+a rank failing mid-step would leave the others in a collective); memory is
+the largest rank's peak. Compare with the same command without torchrun.
 """
 
 import argparse
@@ -59,6 +67,53 @@ def build_model(args):
         model = transformers.LlamaForCausalLM(config)
     torch.set_default_dtype(torch.float32)
     return model.eval()
+
+
+class Ranks:
+    """The process group under torchrun (rank 0 prints), or one process."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.dist = None
+        if self.world > 1:
+            import torch.distributed as dist
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", self.rank)))
+            dist.init_process_group("nccl")
+            self.dist = dist
+
+    def print(self, *args, **kwargs):
+        if self.rank == 0:
+            print(*args, **kwargs)
+
+    def barrier(self):
+        if self.dist:
+            self.dist.barrier()
+
+    def reduce(self, value, op):
+        """value (a number) reduced over the ranks: "min" or "max"."""
+        if not self.dist:
+            return value
+        t = torch.tensor([float(value)], device="cuda", dtype=torch.float64)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MIN if op == "min" else self.dist.ReduceOp.MAX)
+        return type(value)(t.item())
+
+
+def tensor_parallel_model(args, ranks):
+    """The model, saved once by rank 0 and loaded by every rank with tp_plan="auto"."""
+    import transformers
+    path = args.model_dir or os.path.join(HERE, "..", "build-gpu", "bench-llama8b-random-model")
+    if ranks.rank == 0 and not os.path.exists(os.path.join(path, "config.json")):
+        t0 = time.time()
+        model = build_model(args)
+        model.save_pretrained(path)
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+        print(f"(random model saved in {time.time() - t0:.0f} s: {path})", file=sys.stderr)
+    ranks.barrier()
+    return transformers.AutoModelForCausalLM.from_pretrained(path, tp_plan="auto", dtype=torch.bfloat16,
+                                                             attn_implementation="commvq").eval()
 
 
 def random_codebook(path, bits):
@@ -99,6 +154,7 @@ def make_cache(kind, args, codebook, model, batch, context):
 def run_one(kind, args, codebook, model, batch, context):
     """(tokens/s, peak bytes) of decode steps at this batch and context."""
     cache = make_cache(kind, args, codebook, model, batch, context)
+    torch.manual_seed(context + batch)  # every rank of a tensor-parallel run draws the same tokens
     try:
         with torch.no_grad():
             prompt = torch.randint(0, args.vocab, (1, context), device="cuda")
@@ -148,6 +204,8 @@ def main():
     ap.add_argument("--intermediate", type=int, default=14336)
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument("--codebook-file", default=None, help="default: build-gpu/bench-llama8b-random-{bits}bit.safetensors")
+    ap.add_argument("--model-dir", default=None,
+                    help="under torchrun: where the random model is saved (default build-gpu/bench-llama8b-random-model)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("SKIP hf_decode: torch sees no CUDA device")
@@ -159,41 +217,51 @@ def main():
     import transformers
     importlib.import_module("commvq.transformers")  # registers attn_implementation="commvq"
 
+    ranks = Ranks()
     path = args.codebook_file or os.path.join(HERE, "..", "build-gpu", f"bench-llama8b-random-{args.bits}bit.safetensors")
-    codebook = random_codebook(path, args.bits)
+    if ranks.rank == 0:
+        random_codebook(path, args.bits)
+    ranks.barrier()
+    codebook = path
     with commvq.Codebook.load(codebook) as cb:
         info = cb.info
-    model = build_model(args)
-    weights = torch.cuda.memory_allocated()
-    total = torch.cuda.get_device_properties(0).total_memory
-    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"libcommvq {commvq.version()}; LLaMA-3.1-8B shape, random bf16 weights {weights / GIB:.1f} GiB "
-          f"(intermediate {args.intermediate}, vocab {args.vocab}); {args.bits}-bit random codebook "
-          f"({info['compressed_token_bytes']} bytes per token and layer), window {args.window}; "
-          f"{args.steps} timed decode steps\n")
-    print("| cache | context | batch | decode tokens/s | ms per step | peak GPU memory (GiB) | note |")
-    print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    model = tensor_parallel_model(args, ranks) if ranks.world > 1 else build_model(args)
+    weights = ranks.reduce(torch.cuda.memory_allocated(), "max")
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    per_gpu = f" per GPU, {ranks.world} GPUs (tp_plan=\"auto\", NCCL)" if ranks.world > 1 else ""
+    ranks.print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+                f"libcommvq {commvq.version()}; LLaMA-3.1-8B shape, random bf16 weights {weights / GIB:.1f} GiB{per_gpu} "
+                f"(intermediate {args.intermediate}, vocab {args.vocab}); {args.bits}-bit random codebook "
+                f"({info['compressed_token_bytes']} bytes per token and layer), window {args.window}; "
+                f"{args.steps} timed decode steps\n")
+    ranks.print("| cache | context | batch | decode tokens/s | ms per step | peak GPU memory (GiB) | note |")
+    ranks.print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for context in [int(c) for c in args.contexts.split(",")]:
         for kind in args.kinds.split(","):
             name = f"libcommvq {args.bits} bit" if kind == "commvq" else "DynamicCache bf16"
             free = total - weights - 4 * GIB  # activations, logits, allocator slack
-            largest = min(args.max_batch, int(free // per_sequence_bytes(kind, context, info, args.window)))
+            # A rank holds 1/world of the bf16 heads; of the codes, its heads' keys but every value
+            # code (docs/PARALLEL.md), so the full compressed size is its bound.
+            share = ranks.world if kind == "dynamic" else 1
+            largest = min(args.max_batch, int(free // (per_sequence_bytes(kind, context, info, args.window) / share)))
+            largest = ranks.reduce(largest, "min")
             for batch in sorted({1, max(largest, 1)}):
                 note = "B=1" if batch == 1 else "largest batch that fits"
                 while True:
                     try:
                         tps, peak = run_one(kind, args, codebook, model, batch, context)
+                        peak = ranks.reduce(peak, "max")
                     except Exception as e:  # noqa: BLE001 - out of memory is a result here
-                        if not is_oom(e):
+                        if not is_oom(e) or ranks.world > 1:  # a rank cannot retry alone
                             raise
                         if batch == 1:
-                            print(f"| {name} | {context} | 1 | out of memory | | | {str(e).splitlines()[0][:80]} |",
-                                  flush=True)
+                            ranks.print(f"| {name} | {context} | 1 | out of memory | | | "
+                                        f"{str(e).splitlines()[0][:80]} |", flush=True)
                             break
                         batch, note = max(1, batch * 3 // 4), "largest batch that fits (after out of memory)"
                         continue
-                    print(f"| {name} | {context} | {batch} | {tps:.1f} | {batch / tps * 1000:.1f} | "
-                          f"{peak / GIB:.1f} | {note} |", flush=True)
+                    ranks.print(f"| {name} | {context} | {batch} | {tps:.1f} | {batch / tps * 1000:.1f} | "
+                                f"{peak / GIB:.1f} | {note} |", flush=True)
                     break
     return 0
 

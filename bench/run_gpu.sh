@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What runs on the GPU machine (docs/PERF.md, docs/GPU.md): build for sm_90,
 # the gpu-labelled tests, optionally compute-sanitizer, then the benchmark.
-#   [BENCH_ARGS="decode full encode prompt"] [TEST_CASES="gpu: *"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train] [ncu] [ncu_pipes] [ncu_kernels] [ncu_source] [baseline] [variant] [sass]
+#   [BENCH_ARGS="decode full prefill encode prompt"] [TEST_CASES="gpu: *"] bash bench/run_gpu.sh [tests] [bench] [sanitize] [train] [ncu] [ncu_pipes] [ncu_kernels] [ncu_source] [baseline] [variant] [sass]
 # baseline: the decode benchmark (BENCH_CASES) of an earlier version's kernels/, saved in
 # .deps/baseline/kernels by `git archive REF kernels | tar -x -C .deps/baseline` and carried,
 # built beside this one, so both are timed on the same card in one call.

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <numeric>
 #include <random>
+#include <string>
 
 #include "dense.h"
 #include "error.h"
@@ -29,6 +31,13 @@ constexpr size_t kSlabSamples = 2048;
 // Soft weights below exp(-kSoftCut) times the largest weight of the sample
 // are dropped (4e-18: far below float32 resolution of the sums they join).
 constexpr double kSoftCut = 40.0;
+// A sample's soft weights are exp(-(e - emin) / T) with e a float32 square
+// root and emin the float64 one of the nearest code's squared distance: the
+// nearest code's own weight is exp(+-(half a float32 ulp of e) / T), up to
+// exp(+-150) at T = 1e-10 (2-bit stages 17-20), past float32's range. Within
+// exp(+-kMaxShift) it cancels in the normalization; beyond, the nearest
+// code's float32 e is the reference instead (its weight exactly 1).
+constexpr double kMaxShift = 80.0;
 // A sub-center whose soft weight (summed over the 2C centers it is part of)
 // is below this receives no weight in practice: it is re-seeded.
 constexpr double kDeadWeight = 1e-3;
@@ -155,11 +164,14 @@ public:
     // Hard-assignment MSE of the last E-step, in the keys' own units.
     double mse() const { return squared_error_ / (double(n_) * d_); }
     uint32_t hard_code(size_t i) const { return hard_code_[i]; }
+    // The last E-step's soft weights summed over samples and codes: n when
+    // every sample's weights are finite (they sum to 1).
+    double total_weight() const { return std::accumulate(weight_.begin(), weight_.end(), 0.0); }
 
     // The M-step on the last E-step's statistics. Writes z [C][d]; returns
     // the number of dead sub-centers re-seeded.
     uint32_t m_step(float* z) const {
-        double total = std::accumulate(weight_.begin(), weight_.end(), 0.0);
+        double total = total_weight();
         double ridge = kRelativeRidge * 2.0 * total / C_ + std::numeric_limits<double>::min();
         solve_commutative_centers(weight_.data(), weighted_sum_.data(), C_, d_, ridge, z);
         return reseed_dead(z);
@@ -246,6 +258,8 @@ private:
         double emin = std::sqrt(std::max(0.0, double(e2min)));
         double reach = emin + kSoftCut * temperature;
         float cut = float(reach * reach);
+        double nearest = std::sqrt(std::max(0.0f, e2min));  // e of the nearest code, as below
+        double ref = std::abs(nearest - emin) <= kMaxShift * temperature ? emin : nearest;
         size_t first = survivors.size();
         double sum = 0;
         for (uint32_t a = 0; a < C_; ++a) {
@@ -254,7 +268,7 @@ private:
             for (uint32_t b = 0; b < C_; ++b) {
                 if (r[b] > cut) continue;
                 double e = std::sqrt(std::max(0.0f, r[b]));
-                double w = std::exp(-(e - emin) / temperature);
+                double w = std::exp(-(e - ref) / temperature);
                 survivors.push_back({sample, uint32_t(size_t(a) * C_ + b), float(w)});
                 sum += w;
             }
@@ -352,7 +366,21 @@ KeyStageReport train_stage(float* residuals, const float* scales, size_t n, uint
     }
     em.e_step_explicit(start.data(), 1.0);
     std::vector<float> z(size_t(C) * d);
-    report.reseeded += em.m_step(z.data());
+    // The M-step; a failure names the head, the stage and the step
+    // (config.max_steps for the start) and the weights that fed it.
+    auto m_step = [&](uint32_t step) {
+        try {
+            return em.m_step(z.data());
+        } catch (const Error& e) {
+            char total[32];
+            std::snprintf(total, sizeof total, "%g", em.total_weight());
+            throw Error(e.status(), (config.name.empty() ? std::string() : config.name + " ") + "stage " +
+                                        std::to_string(stage) +
+                                        (step == config.max_steps ? " start" : " step " + std::to_string(step)) +
+                                        ": " + e.what() + " (E-step soft weights summing to " + total + ")");
+        }
+    };
+    report.reseeded += m_step(config.max_steps);
 
     std::vector<float> best_z = z;
     double best = std::numeric_limits<double>::infinity();
@@ -367,7 +395,7 @@ KeyStageReport train_stage(float* residuals, const float* scales, size_t n, uint
         } else if (mse - best < kStopIncrease) {
             break;
         }
-        report.reseeded += em.m_step(z.data());
+        report.reseeded += m_step(step);
     }
     report.mse = best;
     std::memcpy(sub_centers, best_z.data(), best_z.size() * sizeof(float));

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace commvq {
@@ -18,6 +19,8 @@ struct KeyTrainConfig {
     // COMMVQ_DEVICE_CPU (-1), or a CUDA ordinal: the E-steps then run there
     // (key_em_cuda.h); the M-step and the keep/stop logic stay on the host.
     int32_t device = -1;
+    // Names the head in error messages ("keys layer 3 head 0"); may be empty.
+    std::string name;
 };
 
 struct KeyStageReport {

@@ -174,10 +174,10 @@ Codebook train_codebook(const TrainOptions& options, uint32_t n_layers, uint32_t
         for (uint32_t h = 0; h < n_kv_heads; ++h) {
             normalized_keys(layer_keys, rows, n_kv_heads, head_dim, h, options.pair_layout, options.scale_mode,
                             samples.data(), scales.data());
+            key_config.name = "keys layer " + std::to_string(l) + " head " + std::to_string(h);
             const double head_start = done;
             auto hook = [&](uint32_t stage, uint32_t step, double mse) {
-                report_progress("keys layer " + std::to_string(l) + " head " + std::to_string(h) + " stage " +
-                                    std::to_string(stage),
+                report_progress(key_config.name + " stage " + std::to_string(stage),
                                 head_start + double(stage) * options.key_max_steps + step + 1, mse);
             };
             std::vector<KeyStageReport> stages;

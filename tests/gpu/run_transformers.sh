@@ -6,7 +6,8 @@
 #   cmake --build build-gpu --target commvq
 # Needs python3 with torch, transformers 5.x and numpy. Logs go to $OUT (else build-gpu/logs).
 #   [HF_BENCH_CONTEXTS=8192,32768,131072] [HF_BENCH_ARGS=...] [HF_CHECK_ARGS=...] bash tests/gpu/run_transformers.sh
-# TENSORS_TIMEOUT, CHECK_TIMEOUT and BENCH_TIMEOUT (seconds) bound each step.
+# TENSORS_TIMEOUT, CHECK_TIMEOUT, TP_TIMEOUT and BENCH_TIMEOUT (seconds) bound each step;
+# SKIP_STEPS="bench" (any of tensors check tp bench) leaves steps out.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUTDIR=${OUT:-build-gpu/logs}
@@ -26,8 +27,9 @@ fi
   | tee "$OUTDIR/versions.txt"
 
 status=0
-step() {  # name timeout log command...
-  local name=$1 limit=$2 log=$3; shift 3
+step() {  # key name timeout log command...
+  if [[ " ${SKIP_STEPS:-} " == *" $1 "* ]]; then echo "== $2: left out (SKIP_STEPS)"; return 0; fi
+  local name=$2 limit=$3 log=$4; shift 4
   echo "== $name (at most ${limit}s): $*"
   PYTHONUNBUFFERED=1 timeout --kill-after=10 "$limit" "$@" > "$OUTDIR/$log" 2>&1
   local rc=$?
@@ -41,11 +43,21 @@ step() {  # name timeout log command...
   return 0
 }
 
-step "torch tensors (CPU and CUDA)" "${TENSORS_TIMEOUT:-120}" tensors.log \
+step tensors "torch tensors (CPU and CUDA)" "${TENSORS_TIMEOUT:-120}" tensors.log \
   env COMMVQ_LIBRARY="$LIB" "$PY" -B bindings/python/tests/test_tensors.py tests/data/golden/codebook.safetensors
-step "bytellama-13m checks" "${CHECK_TIMEOUT:-360}" check_transformers.log \
+step check "bytellama-13m checks" "${CHECK_TIMEOUT:-360}" check_transformers.log \
   "$PY" -B tests/gpu/check_transformers.py --library "$LIB" ${HF_CHECK_ARGS:-}
-step "decode benchmark" "${BENCH_TIMEOUT:-480}" hf_decode.md \
+# Tensor parallelism (docs/PARALLEL.md): 2 ranks with tp_plan="auto"; on one GPU the gloo
+# backend with the ranks on the CPU (NCCL refuses two ranks on one GPU), on two or more NCCL.
+if [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+  step tp "tensor parallel, 2 ranks, NCCL" "${TP_TIMEOUT:-360}" tensor_parallel.log \
+    "$PY" -m torch.distributed.run --nproc-per-node 2 tests/gpu/check_tensor_parallel.py --library "$LIB" --device cuda
+else
+  step tp "tensor parallel, 2 ranks, gloo on the CPU" "${TP_TIMEOUT:-360}" tensor_parallel.log \
+    env CUDA_VISIBLE_DEVICES= "$PY" -m torch.distributed.run --nproc-per-node 2 tests/gpu/check_tensor_parallel.py \
+    --library "$LIB" --device cpu
+fi
+step bench "decode benchmark" "${BENCH_TIMEOUT:-480}" hf_decode.md \
   "$PY" -B bench/hf_decode.py --library "$LIB" --contexts "${HF_BENCH_CONTEXTS:-8192,32768,131072}" ${HF_BENCH_ARGS:-}
 echo "== benchmark table ($OUTDIR/hf_decode.md)"
 grep -E "^\||^[A-Z].*torch" "$OUTDIR/hf_decode.md"

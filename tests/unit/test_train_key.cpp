@@ -3,8 +3,10 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <string>
 #include <vector>
 
+#include "error.h"
 #include "random_codebook.h"
 #include "train/key_trainer.h"
 
@@ -115,6 +117,61 @@ TEST_CASE("train: EM survives sub-centers that receive no weight") {
     for (float v : z) REQUIRE(std::isfinite(v));
     CHECK(reports[0].reseeded > 0);
     CHECK(reports[1].mse < 1e-6);  // two distinct vectors, two stages: exact
+}
+
+TEST_CASE("train: EM keeps its soft weights finite at the lowest temperatures (2-bit stages 17-20)") {
+    // Unit keys in 128 dimensions and only C = 4: 21 stages leave residuals of
+    // norm about 0.5, whose float32 distances carry rounding of about 1e-8,
+    // while stages 17-20 anneal T down to 1e-10. A reference distance off by
+    // 1e-8 then put the nearest code's weight at exp(100) (past float32) or
+    // exp(-100) (zero): the weights summed to inf and the M-step's normal
+    // matrix failed at pivot 0 (a 2-bit training of bytellama keys, layer 3).
+    const uint32_t C = 4, d = 128, stages = 21;
+    const size_t n = 1024;
+    test::Rng rng(17);
+    std::vector<float> samples = rng.normals(n * d), scales(n, 20.0f);
+    for (size_t i = 0; i < n; ++i) {
+        double s2 = 0;
+        for (uint32_t k = 0; k < d; ++k) s2 += double(samples[i * d + k]) * samples[i * d + k];
+        for (uint32_t k = 0; k < d; ++k) samples[i * d + k] = float(samples[i * d + k] / std::sqrt(s2));
+    }
+    train::KeyTrainConfig config;
+    config.sub_centers = C;
+    config.max_steps = 10;
+    config.n_threads = 2;
+    std::vector<train::KeyStageReport> reports;
+    std::vector<float> z;
+    REQUIRE_NOTHROW(z = train::train_key_head(samples.data(), scales.data(), n, d, stages, config, 9, nullptr,
+                                              &reports));
+    for (float v : z) REQUIRE(std::isfinite(v));
+    REQUIRE(reports.size() == stages);
+    for (uint32_t r = 1; r < stages; ++r) CHECK(reports[r].mse <= reports[r - 1].mse);
+}
+
+TEST_CASE("train: an M-step that cannot be factored names the head, the stage and the step") {
+    // A sample whose squared norm overflows float32 gives infinite distances,
+    // so no soft weight is finite: the error says where, and what the weights
+    // summed to.
+    const uint32_t C = 4, d = 8;
+    const size_t n = 64;
+    test::Rng rng(5);
+    std::vector<float> samples = rng.normals(n * d), scales(n, 1.0f);
+    for (uint32_t k = 0; k < d; ++k) samples[7 * d + k] = 1e30f;
+    train::KeyTrainConfig config;
+    config.sub_centers = C;
+    config.max_steps = 4;
+    config.name = "keys layer 3 head 0";
+    try {
+        train::train_key_head(samples.data(), scales.data(), n, d, 2, config, 1, nullptr, nullptr);
+        FAIL("no error");
+    } catch (const Error& e) {
+        CHECK(e.status() == COMMVQ_ERR_INTERNAL);
+        const std::string message = e.what();
+        CAPTURE(message);
+        CHECK(message.rfind("keys layer 3 head 0 stage 0 start: M-step normal matrix is not positive definite", 0) == 0);
+        CHECK(message.find("(E-step soft weights summing to ") != std::string::npos);
+        CHECK(message.find("nan)") != std::string::npos);
+    }
 }
 
 TEST_CASE("train: EM temperature schedule") {

@@ -14,6 +14,7 @@ from .errors import TensorError, check
 # NumPy has no bfloat16: BF16 tensors travel as their raw uint16 bits.
 _IO_DTYPES = {_api.DTYPE_F32: np.float32, _api.DTYPE_F16: np.float16, _api.DTYPE_BF16: np.uint16}
 _FLOAT_P = ctypes.POINTER(ctypes.c_float)
+_DOUBLE_P = ctypes.POINTER(ctypes.c_double)
 
 
 class Cache:
@@ -55,6 +56,7 @@ class Cache:
         self.kv_head_count = p.kv_head_count or self.n_kv_heads  # the KV heads held (keys carry these)
         self.n_q_heads = info["n_q_heads"] // self.n_kv_heads * self.kv_head_count  # the query heads held
         self.head_dim = info["head_dim"]
+        self.scale_mode = info["scale_mode"]  # SCALE_TOKEN: a slice's appends need every head's key norms
         self.dtype = np.dtype(_IO_DTYPES[p.io_dtype])
         self.io_dtype = p.io_dtype
         self.device = p.device  # DEVICE_CPU or a CUDA ordinal
@@ -105,27 +107,53 @@ class Cache:
         check(self._lib.commvq_cache_append_batch(self._live(), layer, n, ids, _ranges.uint32("n_tokens", n_tokens),
                                                   k.ctypes.data, v.ctypes.data))
 
-    # ---- tensor parallelism (docs/PARALLEL.md; NumPy arrays) ------------------------
-    def key_norms2(self, layer: int, seq_ids: ArrayLike, k: ArrayLike) -> np.ndarray:
+    # ---- tensor parallelism (docs/PARALLEL.md) --------------------------------------
+    def key_norms2(self, layer: int, seq_ids: ArrayLike, k: ArrayLike) -> Any:
         """Squared norms of this cache's heads of the keys about to be appended
         (commvq_cache_key_norms2): k as append_batch takes it; returns float64
-        [kv_head_count, len(seq_ids), n_tokens]. Gather the ranks' results along
-        axis 0 (in head order) into the [n_kv_heads, ...] array append_norms2 takes."""
+        [kv_head_count, len(seq_ids), n_tokens], a NumPy array, or for a torch k a
+        tensor on k's device. Gather the ranks' results along axis 0 (in head
+        order) into the [n_kv_heads, ...] array append_norms2 takes
+        (commvq.tensor_parallel does it through torch.distributed)."""
         layer = _ranges.uint32("layer", layer)
         seq_ids, ids, n = self._ids(seq_ids)
+        if _tensors.is_torch_tensor(k):
+            torch = sys.modules["torch"]
+            n_tokens = self._batch_tensor("commvq_cache_key_norms2", "k", k, n, None, self.kv_head_count)
+            norms = torch.empty((self.kv_head_count, n, n_tokens), dtype=torch.float64, device=k.device)
+            self._use_torch_stream(k)
+            check(self._lib.commvq_cache_key_norms2(self._live(), layer, n, ids, _ranges.uint32("n_tokens", n_tokens),
+                                                    k.data_ptr(), ctypes.cast(norms.data_ptr(), _DOUBLE_P)))
+            return norms
         k, n_tokens = self._batch_tokens(k, n, "k", self.kv_head_count)
         norms = np.empty((self.kv_head_count, n, n_tokens), dtype=np.float64)
         check(self._lib.commvq_cache_key_norms2(self._live(), layer, n, ids, _ranges.uint32("n_tokens", n_tokens),
-                                                k.ctypes.data, norms.ctypes.data_as(ctypes.POINTER(ctypes.c_double))))
+                                                k.ctypes.data, norms.ctypes.data_as(_DOUBLE_P)))
         return norms
 
     def append_norms2(self, layer: int, seq_ids: ArrayLike, k: ArrayLike, v: ArrayLike,
                       key_norms2: Optional[ArrayLike] = None) -> None:
         """append_batch with the squared key norms of all n_kv_heads heads
         (commvq_cache_append_norms2): key_norms2 float64 [n_kv_heads, len(seq_ids),
-        n_tokens], or None where the cache needs none (head scale mode, all heads)."""
+        n_tokens], or None where the cache needs none (head scale mode, all heads).
+        NumPy arrays, or torch tensors all (key_norms2 float64 on the cache's device)."""
         layer = _ranges.uint32("layer", layer)
         seq_ids, ids, n = self._ids(seq_ids)
+        if _tensors.is_torch_tensor(k) or _tensors.is_torch_tensor(v):
+            call = "commvq_cache_append_norms2"
+            n_tokens = self._batch_tensor(call, "k", k, n, None, self.kv_head_count)
+            self._batch_tensor(call, "v", v, n, n_tokens, self.n_kv_heads)
+            norms_p = None
+            if key_norms2 is not None:
+                _require_tensor(call, "key_norms2", key_norms2)
+                _tensors.check_output(call, "key_norms2", _tensors.describe(key_norms2), self.device,
+                                      "torch.float64", (self.n_kv_heads, n, n_tokens))
+                norms_p = ctypes.cast(key_norms2.data_ptr(), _DOUBLE_P)
+            self._use_torch_stream(k)
+            check(self._lib.commvq_cache_append_norms2(self._live(), layer, n, ids,
+                                                       _ranges.uint32("n_tokens", n_tokens), k.data_ptr(),
+                                                       v.data_ptr(), norms_p))
+            return
         k, v, n_tokens = self._batch_kv(k, v, n)
         norms_p = None
         if key_norms2 is not None:
@@ -133,7 +161,7 @@ class Cache:
             if key_norms2.shape != (self.n_kv_heads, n, n_tokens):
                 raise ValueError(f"key_norms2 must be [{self.n_kv_heads}, {n}, {n_tokens}], "
                                  f"got {list(key_norms2.shape)}")
-            norms_p = key_norms2.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+            norms_p = key_norms2.ctypes.data_as(_DOUBLE_P)
         check(self._lib.commvq_cache_append_norms2(self._live(), layer, n, ids, _ranges.uint32("n_tokens", n_tokens),
                                                    k.ctypes.data, v.ctypes.data, norms_p))
 

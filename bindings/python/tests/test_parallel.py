@@ -9,9 +9,9 @@
    a slice refuses a plain append (the token scale needs all heads' norms)
    and wrong shapes before the call.
 2. With torch (Debian: python3-torch): the same with two processes whose
-   exchanges go through torch.distributed with the gloo backend (an
-   all-gather of the squared key norms and of the values), as an engine
-   under torchrun does. Skipped, with a message, without torch.
+   exchanges go through commvq.tensor_parallel.append (torch tensors; an
+   all-gather of the squared key norms and of the values with the gloo
+   backend), as an engine under torchrun does. Skipped, with a message, without torch.
 
 Usage: COMMVQ_LIBRARY=path/libcommvq.so test_parallel.py CODEBOOK
 (a codebook of 2 KV heads: data/codebooks/bytellama-13m-1bit.safetensors)
@@ -56,8 +56,9 @@ def full_outputs(cb, prompt, steps):
     return outs
 
 
-def rank_outputs(cb, rank, ranks, prompt, steps, gather_norms, gather_values):
-    """The same from the slice cache of one rank; gather_*: the engine's exchanges."""
+def rank_outputs(cb, rank, ranks, prompt, steps, append_mine):
+    """The same from the slice cache of one rank; append_mine(cache, layer, k, v) appends
+    the rank's heads of k and v with the engine's exchanges."""
     H = cb.info["n_kv_heads"]
     count = H // ranks
     heads = slice(rank * count, (rank + 1) * count)
@@ -68,9 +69,7 @@ def rank_outputs(cb, rank, ranks, prompt, steps, gather_norms, gather_values):
         assert c.n_q_heads == count * G and c.kv_head_count == count
 
         def append(layer, k, v):
-            mine_k, mine_v = np.ascontiguousarray(k[:, :, heads]), np.ascontiguousarray(v[:, :, heads])
-            norms = gather_norms(c.key_norms2(layer, [0, 1], mine_k))
-            c.append_norms2(layer, [0, 1], mine_k, gather_values(mine_v), norms)
+            append_mine(c, layer, np.ascontiguousarray(k[:, :, heads]), np.ascontiguousarray(v[:, :, heads]))
 
         for layer, (k, v) in enumerate(prompt):
             append(layer, k, v)
@@ -147,25 +146,42 @@ def in_process(cb):
 
 
 def gloo_rank(rank, ranks, init_file, codebook_path, out_dir):
+    """One rank: its exchanges through commvq.tensor_parallel.append (torch tensors, gloo)."""
     import torch
     import torch.distributed as dist
+    from commvq import tensor_parallel
     dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=ranks)
     cb = commvq.Codebook.load(codebook_path)
     prompt, steps = data(cb.info, 5)
 
-    def gather_norms(mine):
-        parts = [torch.empty_like(torch.from_numpy(mine)) for _ in range(ranks)]
-        dist.all_gather(parts, torch.from_numpy(mine))
-        return torch.cat(parts, 0).numpy()
+    def append_mine(cache, layer, k, v):
+        tensor_parallel.append(cache, layer, [0, 1], torch.from_numpy(k), torch.from_numpy(v))
 
-    def gather_values(mine):
-        parts = [torch.empty_like(torch.from_numpy(mine)) for _ in range(ranks)]
-        dist.all_gather(parts, torch.from_numpy(mine))
-        return torch.cat(parts, 2).numpy()
-
-    outs = rank_outputs(cb, rank, ranks, prompt, steps, gather_norms, gather_values)
+    outs = rank_outputs(cb, rank, ranks, prompt, steps, append_mine)
     np.savez(os.path.join(out_dir, f"rank{rank}.npz"), *[x for pair in outs for x in pair])
     dist.destroy_process_group()
+
+
+def torch_refusals(cb):
+    """Torch key norms of the wrong dtype or shape, or an array among tensors: refused, nothing appended."""
+    import torch
+    H, d = cb.info["n_kv_heads"], cb.info["head_dim"]
+    with commvq.Cache(cb, kv_head_begin=1, kv_head_count=1, **PARAMS) as c:
+        k, v = torch.ones((1, 1, d)), torch.ones((1, H, d))
+        norms = c.key_norms2(0, [0], k)
+        assert isinstance(norms, torch.Tensor) and norms.dtype == torch.float64 and tuple(norms.shape) == (1, 1, 1)
+        assert abs(norms.item() - d) < 1e-12, norms
+        full = torch.cat([norms, norms])
+        for bad in (full.float(), full[:1], np.asarray(full)):
+            try:
+                c.append_norms2(0, [0], k, v, bad)
+                raise AssertionError(f"key_norms2 {type(bad).__name__} {list(bad.shape)} was taken")
+            except commvq.TensorError:
+                pass
+        assert c.seq_length(0) == 0
+        c.append_norms2(0, [0], k, v, full)
+        assert c.seq_length(0) == 1
+    print("torch: key_norms2 gives float64 tensors; wrong norms tensors refused, nothing appended")
 
 
 def with_gloo(cb, codebook_path):
@@ -178,6 +194,7 @@ def with_gloo(cb, codebook_path):
     if not dist.is_available() or not dist.is_gloo_available():
         print("torch: no gloo backend, the gloo run is skipped")
         return
+    torch_refusals(cb)
     info = cb.info
     H, G = info["n_kv_heads"], info["n_q_heads"] // info["n_kv_heads"]
     prompt, steps = data(info, 5)

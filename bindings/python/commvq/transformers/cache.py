@@ -35,6 +35,16 @@ Right padding, or a pad after a real token, is refused.
 transformers' own bookkeeping (get_seq_length, mask sizes) counts columns,
 pads included: the mask transformers builds spans the padded batch.
 
+Tensor parallelism (docs/PARALLEL.md). Under transformers' tensor
+parallelism (tp_plan="auto" under torchrun) each rank's attention layers see
+a slice of the heads. The first forward finds fewer KV heads than the
+codebook's and makes a slice cache of the rank's heads (rank r of the
+process group holds the r-th slice, as the column-parallel projections
+split them); every append then goes through commvq.tensor_parallel, which
+all-gathers the values of all heads and, in the token scale mode, the
+squared key norms, so each rank encodes exactly what one full cache does.
+Every rank must run the same batch: the appends are collectives.
+
 Batch rows map to library sequences (`rows`); beam search's reorder_cache,
 batch_repeat_interleave and batch_select_indices become seq_fork (compressed
 blocks shared copy-on-write) and seq_clear. There is no torch.compile or
@@ -48,7 +58,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from .. import _api
+from .. import _api, tensor_parallel
 from ..cache import Cache as Engine
 from ..codebook import Codebook
 
@@ -124,6 +134,9 @@ class CommvqCache(Cache):
     config: the model's config, checked against the codebook (layers, heads,
     head_dim, RoPE) when given.
     window, sink_tokens, n_threads: as commvq_cache_params_t.
+    process_group: under tensor parallelism, the torch.distributed group whose
+    ranks hold the slices of the KV heads in rank order (None: the default
+    group); unused when the model's layers have all the heads.
     prefill: "dense" (the prompt attends at full precision over its own keys
     and values, then is appended) or "codes" (appended first, then attends
     from the cache).
@@ -131,7 +144,7 @@ class CommvqCache(Cache):
 
     def __init__(self, codebook: Union[Codebook, str], config: Any = None, *, window: int = 128,
                  sink_tokens: int = 0, max_batch_size: Optional[int] = None, max_length: int = 8192,
-                 prefill: str = "dense", n_threads: int = 0) -> None:
+                 prefill: str = "dense", n_threads: int = 0, process_group: Any = None) -> None:
         if prefill not in ("dense", "codes"):
             raise ValueError(f"CommvqCache: prefill must be 'dense' or 'codes', got {prefill!r}")
         self._owns_codebook = not isinstance(codebook, Codebook)
@@ -145,6 +158,7 @@ class CommvqCache(Cache):
         super().__init__(layers=[CommvqLayer() for _ in range(self.info["n_layers"])])
         self.window, self.sink_tokens, self.n_threads = window, sink_tokens, n_threads
         self.max_batch_size_, self.max_length, self.prefill = max_batch_size, max_length, prefill
+        self.process_group = process_group
         self.engine: Optional[Engine] = None
         self.rows: List[int] = []  # library sequence of each batch row
         self._row_ids: Tuple[Optional[List[int]], Optional[np.ndarray]] = (None, None)  # rows as uint32, cached
@@ -260,7 +274,7 @@ class CommvqCache(Cache):
         k = key[:, :, 0].contiguous()  # [B, Hkv, d]; a no-op for LlamaAttention's layout
         v = value[:, :, 0].contiguous()
         rows = self._rows_array()
-        engine.append_batch(layer, rows, k, v)
+        tensor_parallel.append(engine, layer, rows, k, v, self.process_group)
         out, _ = engine.attend_batch(layer, rows, query[:, :, 0].contiguous())
         return out.unsqueeze(1)
 
@@ -276,22 +290,19 @@ class CommvqCache(Cache):
                      real: List[int]) -> None:
         T = key.shape[2]
         if all(n == T for n in real):  # no padding: every row in one call, [B, T, Hkv, d]
-            engine.append_batch(layer, self._rows_array(), key.transpose(1, 2).contiguous(),
-                                value.transpose(1, 2).contiguous())
+            tensor_parallel.append(engine, layer, self._rows_array(), key.transpose(1, 2).contiguous(),
+                                   value.transpose(1, 2).contiguous(), self.process_group)
             return
         for b, (seq, n) in enumerate(zip(self.rows, real)):
-            if n:
-                engine.append(layer, seq, key[b, :, T - n:].transpose(0, 1).contiguous(),
-                              value[b, :, T - n:].transpose(0, 1).contiguous())
+            if n:  # one row of n tokens: [1, n, Hkv, d]
+                tensor_parallel.append(engine, layer, [seq], key[b:b + 1, :, T - n:].transpose(1, 2).contiguous(),
+                                       value[b:b + 1, :, T - n:].transpose(1, 2).contiguous(), self.process_group)
 
     def _engine_for(self, query: torch.Tensor, key: torch.Tensor, scaling: Optional[float]) -> Engine:
         """The library cache, created at the first forward; checks the batch and shapes."""
         B, Hq, _, d = query.shape
-        want = (self.info["n_q_heads"], self.info["n_kv_heads"], self.info["head_dim"])
-        if (Hq, key.shape[1], d) != want:
-            raise ValueError(f"CommvqCache: the model has {Hq} query heads, {key.shape[1]} KV heads and head_dim {d}; "
-                             f"the codebook {want[0]}, {want[1]} and {want[2]}")
         if self.engine is None:
+            begin, count = self._head_slice(Hq, key.shape[1], d)
             if query.dtype not in _IO_DTYPES:
                 raise ValueError(f"CommvqCache: queries are {query.dtype}; the library takes float32, float16 or "
                                  "bfloat16")
@@ -302,11 +313,16 @@ class CommvqCache(Cache):
                                  max_tokens=max_seqs * (self.max_length + 64), window=self.window,
                                  sink_tokens=self.sink_tokens, io_dtype=_IO_DTYPES[query.dtype],
                                  key_convention=_api.KEYS_POST_ROPE, attn_scale=float(scaling or 0.0),
-                                 n_threads=self.n_threads)
+                                 n_threads=self.n_threads, kv_head_begin=begin, kv_head_count=count)
             self._free = list(range(max_seqs))
             if self._owns_codebook:
                 self._codebook.close()  # the library cache keeps its own copy
             self._codebook = None
+        elif (Hq, key.shape[1], d) != (self.engine.n_q_heads, self.engine.kv_head_count, self.engine.head_dim):
+            # The heads were settled when the cache was made: later forwards must bring the same.
+            e = self.engine
+            raise ValueError(f"CommvqCache: the model's layers have {Hq} query heads, {key.shape[1]} KV heads and "
+                             f"head_dim {d}; the cache was made for {e.n_q_heads}, {e.kv_head_count} and {e.head_dim}")
         if not self.rows:
             if B > len(self._free):
                 raise ValueError(f"CommvqCache: a batch of {B} rows, but the cache was made for "
@@ -316,6 +332,27 @@ class CommvqCache(Cache):
             raise ValueError(f"CommvqCache: a batch of {B} rows, but the cache holds {len(self.rows)}; "
                              "call reset() before a new batch")
         return self.engine
+
+    def _head_slice(self, Hq: int, Hkv: int, d: int) -> Tuple[int, int]:
+        """The KV heads this process's layers hold, (begin, count): all of them, or
+        under tensor parallelism the slice of its rank in the process group."""
+        info = self.info
+        full, group_size = info["n_kv_heads"], info["n_q_heads"] // info["n_kv_heads"]
+        shape = (f"the model's layers have {Hq} query heads, {Hkv} KV heads and head_dim {d}; the codebook "
+                 f"{info['n_q_heads']}, {full} and {info['head_dim']}")
+        if d != info["head_dim"] or Hq != Hkv * group_size or Hkv == 0 or full % Hkv:
+            raise ValueError(f"CommvqCache: {shape}")
+        if Hkv == full:
+            return 0, full
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError(f"CommvqCache: {shape}, and torch.distributed is not initialized: a slice of the heads "
+                             "is only understood under tensor parallelism")
+        ranks, rank = dist.get_world_size(self.process_group), dist.get_rank(self.process_group)
+        if ranks * Hkv != full:
+            raise ValueError(f"CommvqCache: {shape}, but the process group has {ranks} ranks "
+                             f"({ranks} x {Hkv} KV heads is not {full})")
+        return rank * Hkv, Hkv
 
     def _check_positions(self, position_ids: Optional[torch.Tensor], real: List[int], T: int) -> None:
         """The library's positions (each row's token count so far, then on) must be transformers'."""
