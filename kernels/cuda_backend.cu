@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "backend.h"
@@ -156,13 +157,22 @@ private:
     // Brings the device block table and layer state up to the host's view.
     void sync_view(uint32_t layer, const LayerView& view);
     void sync_table(const LayerView& view, uint64_t compressed);
+    // Queues the entries of the blocks of a view's first `compressed`
+    // tokens that the device's table lacks; flush_tables() sends them, in
+    // as few launches as the cells fit (any sequences together).
+    void queue_table(const LayerView& view, uint64_t compressed);
+    void flush_tables();
     // One row's append; norms2: its tokens' squared key norms of every
     // head of the model, head h of token t at norms2[h * norms2_head_stride
     // + t] (given_key_norms only, else null).
     void append_row(uint32_t layer, const LayerView& before, const LayerView& after, uint32_t n_tokens,
                     const void* k, const void* v, const double* norms2, uint64_t norms2_head_stride);
-    void encode(uint32_t layer, uint32_t seq, uint64_t first_position, uint32_t n, uint64_t from_input_position,
-                const void* k, const void* v, const double* norms2, uint64_t norms2_head_stride);
+    // A batched append of rows whose tokens (and norms, column r * n_tokens
+    // + t of row r's token t) are device memory, all rows in one pass.
+    void append_rows(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens, const void* k,
+                     const void* v, const double* norms2, uint64_t norms2_head_stride);
+    // Encodes the n tokens src names (first_token from 0) into the pool.
+    void encode(uint32_t layer, cuda::EncodeSource src, uint32_t n);
     void wait() const { check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
     uint8_t* block_ptr(uint32_t layer, uint32_t block) const {
         return pool_.get<uint8_t>() + (size_t(layer) * config_.n_blocks + block) * config_.layout.block_bytes;
@@ -174,6 +184,9 @@ private:
     int device_;
     cuda::ValuePrecision value_precision_ = cuda::kDefaultValuePrecision;
     uint32_t encode_batch_ = kEncodeBatch;
+    // COMMVQ_CUDA_APPEND_BATCH=rows: append_batch appends its rows in turn
+    // through append_row (the one-pass form's reference in the tests).
+    bool append_rows_in_turn_ = false;
     cudaStream_t stream_ = nullptr;
     cublasHandle_t cublas_ = nullptr;
     cuda::ModelShape shape_;
@@ -197,11 +210,17 @@ private:
     DeviceBuffer slot_norms2_, stage_norms_;
     // key_head_norms2: host keys staged [E] tokens, results [heads][E].
     DeviceBuffer stage_head_norms_;
+    DeviceBuffer batch_rows_;  // [max_seqs] cuda::BatchRow: the rows of the current batched append
     std::vector<size_t> value_offsets_;  // per layer, 8 arrays each, in floats
 
     // What the device holds, as last uploaded.
     std::vector<std::vector<uint32_t>> table_shadow_;  // per sequence
     std::vector<cuda::SeqState> state_shadow_;        // [n_layers][max_seqs]
+    // Table entries queued for the device (at most kMaxTableCellsPerLaunch).
+    std::vector<cuda::TableCell> table_cells_;
+    // Host side of a batched append's rows and new states, [max_seqs] each.
+    std::vector<cuda::BatchRow> batch_host_;
+    std::vector<cuda::SeqState> batch_states_;
 };
 
 CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_t device)
@@ -229,6 +248,13 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
                 std::string("commvq_cache_create: COMMVQ_CUDA_ENCODE_BATCH is \"") + batch +
                     "\"; it must be a token count from 1 to " + std::to_string(kMaxEncodeBatch));
         encode_batch_ = uint32_t(b);
+    }
+    if (const char* mode = std::getenv("COMMVQ_CUDA_APPEND_BATCH"); mode && mode[0]) {
+        const std::string_view m(mode);
+        require(m == "batched" || m == "rows", COMMVQ_ERR_INVALID_ARGUMENT,
+                std::string("commvq_cache_create: COMMVQ_CUDA_APPEND_BATCH is \"") + mode +
+                    "\"; it must be batched (all rows in one pass, the default) or rows (in turn)");
+        append_rows_in_turn_ = m == "rows";
     }
 
     shape_ = cuda::model_shape(cb);
@@ -323,6 +349,7 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
     stage_v_.allocate(size_t(E) * value_bytes_, "staging host values");
     if (shape_.given_key_norms) stage_norms_.allocate(size_t(E) * norm_heads_ * 8, "staging host key norms");
     stage_head_norms_.allocate(size_t(E) * H * 8, "key norms");
+    batch_rows_.allocate(size_t(config.max_seqs) * sizeof(cuda::BatchRow), "the rows of batched appends");
 
     // Attention: the plan (launch geometry, shared memory) is fixed here, so
     // every call and every captured graph launches the same kernels; scratch
@@ -348,6 +375,9 @@ CudaBackend::CudaBackend(const Codebook& cb, const BackendConfig& config, int32_
     table_shadow_.assign(config.max_seqs, std::vector<uint32_t>());
     for (auto& t : table_shadow_) t.assign(config.n_blocks, 0);
     state_shadow_.assign(size_t(L) * config.max_seqs, cuda::SeqState{0, 0, 0, 0});
+    table_cells_.reserve(cuda::kMaxTableCellsPerLaunch);
+    batch_host_.resize(config.max_seqs);
+    batch_states_.resize(config.max_seqs);
 }
 
 CudaBackend::~CudaBackend() {
@@ -417,21 +447,28 @@ cuda::ValueTables CudaBackend::value_tables(uint32_t layer) const {
     return t;
 }
 
-void CudaBackend::sync_table(const LayerView& view, uint64_t compressed) {
+void CudaBackend::queue_table(const LayerView& view, uint64_t compressed) {
     std::vector<uint32_t>& shadow = table_shadow_[view.seq];
-    const uint64_t n = (compressed + config_.layout.block_tokens - 1) / config_.layout.block_tokens;
-    int32_t* row = tables_.get<int32_t>() + size_t(view.seq) * config_.n_blocks;
-    for (uint64_t i = 0; i < n;) {
-        if (shadow[i] == view.blocks[i]) {
-            ++i;
-            continue;
-        }
-        uint64_t j = i;
-        while (j < n && shadow[j] != view.blocks[j]) shadow[j] = view.blocks[j], ++j;
-        check_cuda(cuda::launch_set_table_entries(row, uint32_t(i), uint32_t(j - i), view.blocks + i, stream_),
-                   "block table update");
-        i = j;
+    const uint64_t n = blocks_for(compressed, config_.layout.block_tokens);
+    for (uint64_t i = 0; i < n; ++i) {
+        if (shadow[i] == view.blocks[i]) continue;
+        if (table_cells_.size() == cuda::kMaxTableCellsPerLaunch) flush_tables();
+        table_cells_.push_back(cuda::TableCell{view.seq, uint32_t(i), view.blocks[i]});
+        shadow[i] = view.blocks[i];
     }
+}
+
+void CudaBackend::flush_tables() {
+    if (table_cells_.empty()) return;
+    const int err = cuda::launch_set_table_cells(tables_.get<int32_t>(), config_.n_blocks, uint32_t(table_cells_.size()),
+                                                 table_cells_.data(), stream_);
+    table_cells_.clear();
+    check_cuda(err, "block table update");
+}
+
+void CudaBackend::sync_table(const LayerView& view, uint64_t compressed) {
+    queue_table(view, compressed);
+    flush_tables();
 }
 
 void CudaBackend::sync_view(uint32_t layer, const LayerView& view) {
@@ -447,24 +484,13 @@ void CudaBackend::sync_view(uint32_t layer, const LayerView& view) {
     }
 }
 
-// Encodes the tokens at positions [first_position, + n) into the pool,
-// reading positions below from_input_position from their window slots and
-// later ones from the device rows k, v.
-void CudaBackend::encode(uint32_t layer, uint32_t seq, uint64_t first_position, uint32_t n,
-                         uint64_t from_input_position, const void* k, const void* v, const double* norms2,
-                         uint64_t norms2_head_stride) {
-    const uint64_t S = config_.sink_tokens;
+// In passes of encode_batch_ tokens: keys prepared and searched, values
+// encoded, codes stored.
+void CudaBackend::encode(uint32_t layer, cuda::EncodeSource src, uint32_t n) {
+    src.slots = slots_view(layer);
     for (uint32_t done = 0; done < n;) {
         const uint32_t m = std::min(n - done, encode_batch_);
-        cuda::EncodeSource src;
-        src.slots = slots_view(layer);
-        src.seq = seq;
-        src.first_position = first_position + done;
-        src.from_input_position = from_input_position;
-        src.input_k = k;
-        src.input_v = v;
-        src.input_norms2 = norms2;
-        src.norms2_head_stride = norms2_head_stride;
+        src.first_token = done;
         check_cuda(cuda::launch_prepare_keys(shape_, src, m, rope_freq_.get<double>(), enc_t_.get<float>(),
                                              enc_scales_.get<float>(), stream_),
                    "key preparation");
@@ -475,31 +501,113 @@ void CudaBackend::encode(uint32_t layer, uint32_t seq, uint64_t first_position, 
                                               enc_scratch_.get<float>(), enc_bits_.get<uint8_t>(),
                                               enc_weights_.get<float>(), stream_),
                    "value encoding");
-        check_cuda(cuda::launch_store_compressed(shape_, pool_view(layer), seq, src.first_position - S, m,
-                                                 enc_codes_.get<uint16_t>(), enc_scales_.get<float>(),
-                                                 enc_bits_.get<uint8_t>(), enc_weights_.get<float>(), stream_),
+        check_cuda(cuda::launch_store_compressed(shape_, pool_view(layer), src, m, enc_codes_.get<uint16_t>(),
+                                                 enc_scales_.get<float>(), enc_bits_.get<uint8_t>(),
+                                                 enc_weights_.get<float>(), stream_),
                    "storing codes");
         done += m;
     }
 }
 
-// The rows in turn through append_row(), the path the GPU tests cover (one
-// encoder pass per row; with device pointers nothing waits for the host).
-// Encoding every row's leaving tokens in one pass is the faster form; it is
-// kept apart until it has run on a GPU (docs/GPU.md).
 void CudaBackend::append_batch(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
                                const void* k, const void* v) {
     append_batch_norms(layer, n_rows, rows, n_tokens, k, v, nullptr);
 }
 
+// Device inputs: all rows in one pass (append_rows). Host inputs, or a mix
+// of host and device pointers: staged, as many rows at a time as the
+// staging buffers hold (encode_batch_ tokens; cudaMemcpyDefault copies each
+// pointer by what it is), each group waited for before the next reuses
+// them. Rows longer than the staging buffers, or more than 2^31 - 1 tokens
+// in all (a launch's grid), go in turn through append_row, which stages in
+// steps; so does every batch under COMMVQ_CUDA_APPEND_BATCH=rows.
 void CudaBackend::append_batch_norms(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
                                      const void* k, const void* v, const double* key_norms2) {
+    DeviceScope scope(device_);
     const size_t k_row = size_t(n_tokens) * key_bytes_, v_row = size_t(n_tokens) * value_bytes_;
     const uint64_t head_stride = uint64_t(n_rows) * n_tokens;  // key_norms2 [heads][n_rows * n_tokens]
+    const void* k_dev = device_view(k);
+    const void* v_dev = device_view(v);
+    const double* n_dev = key_norms2 ? static_cast<const double*>(device_view(key_norms2)) : nullptr;
+    const bool staged = !k_dev || !v_dev || (key_norms2 && !n_dev);
+    if (!append_rows_in_turn_ && !staged && head_stride <= 0x7fffffffu) {
+        append_rows(layer, n_rows, rows, n_tokens, k_dev, v_dev, n_dev, head_stride);
+        return;
+    }
+    if (!append_rows_in_turn_ && staged && n_tokens <= encode_batch_) {
+        const uint32_t per_group = encode_batch_ / n_tokens;
+        for (uint32_t r0 = 0; r0 < n_rows; r0 += per_group) {
+            const uint32_t g = std::min(per_group, n_rows - r0);
+            check_cuda(cudaMemcpyAsync(stage_k_.get(), static_cast<const uint8_t*>(k) + r0 * k_row, g * k_row,
+                                       cudaMemcpyDefault, stream_), "copying keys");
+            check_cuda(cudaMemcpyAsync(stage_v_.get(), static_cast<const uint8_t*>(v) + r0 * v_row, g * v_row,
+                                       cudaMemcpyDefault, stream_), "copying values");
+            if (key_norms2)
+                // Each head's run of the group's tokens, into rows of encode_batch_.
+                check_cuda(cudaMemcpy2DAsync(stage_norms_.get(), size_t(encode_batch_) * 8,
+                                             key_norms2 + size_t(r0) * n_tokens, head_stride * 8,
+                                             size_t(g) * n_tokens * 8, norm_heads_, cudaMemcpyDefault, stream_),
+                           "copying key norms");
+            append_rows(layer, g, rows + r0, n_tokens, stage_k_.get(), stage_v_.get(),
+                        key_norms2 ? stage_norms_.get<double>() : nullptr, encode_batch_);
+            wait();  // the staging buffers are reused by the next group
+        }
+        return;
+    }
     for (uint32_t r = 0; r < n_rows; ++r)
         append_row(layer, rows[r].before, rows[r].after, n_tokens, static_cast<const uint8_t*>(k) + r * k_row,
                    static_cast<const uint8_t*>(v) + r * v_row,
                    key_norms2 ? key_norms2 + size_t(r) * n_tokens : nullptr, head_stride);
+}
+
+// The rows' block tables (one launch for all rows' new entries), the rows
+// and their new states as kernel arguments, then one encoding of every
+// token that leaves a window (all rows together, in passes of encode_batch_
+// tokens) and one copy of the new tokens into their slots. No host
+// synchronization: a captured graph holds it all.
+void CudaBackend::append_rows(uint32_t layer, uint32_t n_rows, const AppendRow* rows, uint32_t n_tokens,
+                              const void* k, const void* v, const double* norms2, uint64_t norms2_head_stride) {
+    check_cuda(cublasSetStream(cublas_, stream_) == CUBLAS_STATUS_SUCCESS ? 0 : int(cudaErrorUnknown),
+               "cublasSetStream");
+    // The cache passes norms exactly when the shape needs them.
+    if (bool(norms2) != shape_.given_key_norms)
+        throw Error(COMMVQ_ERR_INTERNAL, "CUDA append: key norms given to a cache that takes none, or missing");
+    const uint64_t S = config_.sink_tokens;
+    uint32_t total = 0;  // tokens to encode: at most n_rows * n_tokens < 2^31 (the caller's limit)
+    for (uint32_t r = 0; r < n_rows; ++r) {
+        const LayerView& before = rows[r].before;
+        const LayerView& after = rows[r].after;
+        queue_table(after, after.compressed);
+        cuda::BatchRow& b = batch_host_[r];
+        b.seq = after.seq;
+        b.first_token = total;
+        b.length = before.length;
+        b.first_encode = S + before.compressed;
+        b.first_window = S + after.compressed;
+        total += uint32_t(after.compressed - before.compressed);
+        const cuda::SeqState state{uint32_t(after.length), uint32_t(after.sinks), uint32_t(after.compressed),
+                                   uint32_t(after.window)};
+        batch_states_[r] = state;
+        state_shadow_[size_t(layer) * config_.max_seqs + after.seq] = state;
+    }
+    flush_tables();
+    cuda::BatchRow* rows_dev = batch_rows_.get<cuda::BatchRow>();
+    check_cuda(cuda::launch_set_batch_rows(rows_dev, states_.get<cuda::SeqState>() + size_t(layer) * config_.max_seqs,
+                                           0, n_rows, batch_host_.data(), batch_states_.data(), stream_),
+               "batch rows update");
+    // Tokens leaving the windows are encoded while the windows still hold them.
+    cuda::EncodeSource src;
+    src.input_k = k;
+    src.input_v = v;
+    src.input_norms2 = norms2;
+    src.norms2_head_stride = norms2_head_stride;
+    src.rows = rows_dev;
+    src.n_rows = n_rows;
+    src.row_tokens = n_tokens;
+    encode(layer, src, total);
+    check_cuda(cuda::launch_store_uncompressed_batch(slots_view(layer), rows_dev, n_rows, n_tokens, k, v, norms2,
+                                                     norms2_head_stride, norm_heads_, stream_),
+               "storing uncompressed tokens");
 }
 
 void CudaBackend::append(uint32_t layer, const LayerView& before, const LayerView& after, uint32_t n_tokens,
@@ -556,7 +664,15 @@ void CudaBackend::append_row(uint32_t layer, const LayerView& before, const Laye
         const uint64_t new_length = length + n;
         const uint64_t new_compressed = new_length > kept ? std::max(compressed, new_length - kept) : compressed;
         // Tokens leaving the window are encoded while the window still holds them.
-        encode(layer, seq, S + compressed, uint32_t(new_compressed - compressed), length, kr, vr, nr, n_stride);
+        cuda::EncodeSource src;
+        src.seq = seq;
+        src.first_position = S + compressed;
+        src.from_input_position = length;
+        src.input_k = kr;
+        src.input_v = vr;
+        src.input_norms2 = nr;
+        src.norms2_head_stride = n_stride;
+        encode(layer, src, uint32_t(new_compressed - compressed));
         check_cuda(cuda::launch_store_uncompressed(slots_view(layer), seq, length, n, S, S + new_compressed, kr, vr,
                                                    nr, n_stride, norm_heads_, stream_),
                    "storing uncompressed tokens");
@@ -801,9 +917,10 @@ uint64_t CudaBackend::bytes_reserved() const {
     for (const DeviceBuffer* b : {&pool_, &slots_, &tables_, &states_, &enc_t_, &enc_scales_, &enc_codes_,
                                   &enc_bits_, &enc_weights_, &enc_scratch_, &stage_k_, &stage_v_, &q_in_,
                                   &partials_, &out_stage_, &lse_stage_, &cublas_workspace_, &slot_norms2_,
-                                  &stage_norms_, &stage_head_norms_})
+                                  &stage_norms_, &stage_head_norms_, &batch_rows_})
         n += b->bytes();
-    return n;
+    return n + table_cells_.capacity() * sizeof(cuda::TableCell) +
+           batch_host_.size() * sizeof(cuda::BatchRow) + batch_states_.size() * sizeof(cuda::SeqState);
 }
 
 }  // namespace

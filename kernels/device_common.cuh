@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "batch_rows.h"
 #include "commvq/commvq.h"
 #include "launchers.h"
 
@@ -74,14 +75,58 @@ __device__ __forceinline__ const uint8_t* block_address(const PoolView& p, uint3
     return p.base + size_t(block) * p.block_bytes;
 }
 
-// The io-dtype row of one token's keys (k) or values (v) to encode.
-__device__ __forceinline__ const void* source_row(const EncodeSource& src, uint64_t position, bool values) {
-    if (position < src.from_input_position) {
-        const uint8_t* slot = slot_address(src.slots, src.seq, position);
-        return values ? slot + src.slots.key_bytes : slot;
+// Token i of an encoding launch (launchers.h EncodeSource): its sequence,
+// its position and the io-dtype rows of its keys and values, from its
+// window slot or from the input; from the input, also its column of the
+// given key norms (input_norms2 + column, head stride norms2_head_stride).
+struct SourceToken {
+    uint32_t seq;
+    bool from_slot;
+    uint64_t position;
+    const void* k;
+    const void* v;
+    uint64_t column;  // its input row, when not from_slot
+};
+
+__device__ __forceinline__ SourceToken source_token(const EncodeSource& src, uint32_t i) {
+    SourceToken t;
+    uint64_t from_input;  // positions from here on are input rows ...
+    uint64_t first_row;   // ... from this one on
+    if (src.rows) {
+        const uint32_t token = src.first_token + i;
+        const uint32_t r = batch_rows::row_of(token, src.n_rows, [&](uint32_t j) { return src.rows[j].first_token; });
+        const BatchRow& row = src.rows[r];
+        t.seq = row.seq;
+        t.position = row.first_encode + (token - row.first_token);
+        from_input = row.length;
+        first_row = uint64_t(r) * src.row_tokens;
+    } else {
+        t.seq = src.seq;
+        t.position = src.first_position + src.first_token + i;
+        from_input = src.from_input_position;
+        first_row = 0;
     }
-    const uint8_t* input = static_cast<const uint8_t*>(values ? src.input_v : src.input_k);
-    return input + (position - src.from_input_position) * (values ? src.slots.value_bytes : src.slots.key_bytes);
+    t.from_slot = t.position < from_input;
+    if (t.from_slot) {
+        const uint8_t* slot = slot_address(src.slots, t.seq, t.position);
+        t.k = slot;
+        t.v = slot + src.slots.key_bytes;
+        t.column = 0;
+    } else {
+        t.column = first_row + (t.position - from_input);
+        t.k = static_cast<const uint8_t*>(src.input_k) + t.column * src.slots.key_bytes;
+        t.v = static_cast<const uint8_t*>(src.input_v) + t.column * src.slots.value_bytes;
+    }
+    return t;
+}
+
+// source_token of the block's token (blockIdx.x), looked up once by thread
+// 0 for the whole block. Every thread of the block must call it.
+__device__ __forceinline__ SourceToken block_source_token(const EncodeSource& src) {
+    __shared__ SourceToken token;
+    if (threadIdx.x == 0) token = source_token(src, blockIdx.x);
+    __syncthreads();
+    return token;
 }
 
 }  // namespace cuda

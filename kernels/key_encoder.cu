@@ -55,19 +55,18 @@ prepare_keys_kernel(const __grid_constant__ ModelShape m, const __grid_constant_
     extern __shared__ double head_norm2[];  // [n_kv_heads], then the key [n_kv_heads * head_dim] floats
     float* key = reinterpret_cast<float*>(head_norm2 + m.n_kv_heads);
     __shared__ double token_scale;
-    const uint64_t position = src.first_position + blockIdx.x;
-    canonical_key_norms2(m, source_row(src, position, false), position, src.slots.io_dtype, src.slots.key_convention,
-                         rope_freq, key, head_norm2);
+    const SourceToken token = block_source_token(src);
+    canonical_key_norms2(m, token.k, token.position, src.slots.io_dtype, src.slots.key_convention, rope_freq, key,
+                         head_norm2);
     const bool per_head = m.n_key_scales != 1;
     if (!per_head && threadIdx.x == 0) {
         double norm2;
         if (!m.given_key_norms)
             norm2 = key_scale::token_norm2(head_norm2, m.n_kv_heads, 1);
-        else if (position < src.from_input_position)
-            norm2 = slot_norm2(src.slots, src.seq, position);  // given when it entered the window
+        else if (token.from_slot)
+            norm2 = slot_norm2(src.slots, token.seq, token.position);  // given when it entered the window
         else
-            norm2 = key_scale::token_norm2(src.input_norms2 + (position - src.from_input_position), m.value_kv_heads,
-                                           src.norms2_head_stride);
+            norm2 = key_scale::token_norm2(src.input_norms2 + token.column, m.value_kv_heads, src.norms2_head_stride);
         token_scale = sqrt(norm2);
         scales[blockIdx.x] = float(token_scale);
     }
@@ -123,7 +122,10 @@ int launch_encode_t(const ModelShape& m, const KeyTables& tables, uint32_t n, fl
 int launch_prepare_keys(const ModelShape& m, const EncodeSource& src, uint32_t n, const double* rope_freq,
                         float* t, float* scales, void* stream) {
     if (n == 0) return 0;
-    if (m.given_key_norms && src.first_position + n > src.from_input_position && !src.input_norms2)
+    // Given norms: a batch's rows may take tokens from their input, one
+    // sequence's from its first_position + first_token + n - 1 on.
+    if (m.given_key_norms && !src.input_norms2 &&
+        (src.rows || src.first_position + src.first_token + n > src.from_input_position))
         return int(cudaErrorInvalidValue);
     prepare_keys_kernel<<<n, kPrepareThreads, key_smem_bytes(m), cudaStream_t(stream)>>>(m, src, rope_freq, t,
                                                                                          scales);

@@ -94,20 +94,51 @@ struct SeqState {
 
 // ---- state uploads (graph-capturable: values travel as kernel arguments) ---
 
-constexpr uint32_t kMaxTableEntriesPerLaunch = 512;
-int launch_set_table_entries(int32_t* table_row, uint32_t first, uint32_t count, const uint32_t* ids,
-                             void* stream);
+// Entry `entry` of sequence seq's block table holds block `id`.
+struct TableCell {
+    uint32_t seq;
+    uint32_t entry;
+    uint32_t id;
+};
+constexpr uint32_t kMaxTableCellsPerLaunch = 512;
+// tables[seq * stride + entry] = id for each of n cells (any sequences).
+int launch_set_table_cells(int32_t* tables, uint32_t stride, uint32_t n, const TableCell* cells, void* stream);
 int launch_set_state(SeqState* state, SeqState value, void* stream);
+
+// One row of a batched append (commvq_cache_append_batch), in device memory
+// for the kernels of the call: the row's sequence, where its new tokens go
+// and which of its tokens are encoded.
+struct BatchRow {
+    uint32_t seq = 0;
+    uint32_t first_token = 0;   // its first token to encode, counted over the rows before it (src/batch_rows.h)
+    uint64_t length = 0;        // the layer's tokens before the call: new token t sits at position length + t
+    uint64_t first_encode = 0;  // positions [first_encode, first_window) are encoded: S + compressed before
+    uint64_t first_window = 0;  // S + compressed after: new positions from here on go to the window
+};
+constexpr uint32_t kMaxBatchRowsPerLaunch = 256;
+// rows_dev[first + i] = rows[i] and layer_states[rows[i].seq] = states[i]
+// for i < n (the values travel as kernel arguments).
+int launch_set_batch_rows(BatchRow* rows_dev, SeqState* layer_states, uint32_t first, uint32_t n,
+                          const BatchRow* rows, const SeqState* states, void* stream);
 
 // ---- encoding --------------------------------------------------------------
 
-// Where the tokens to encode come from: position p < from_input_position
-// is read from the uncompressed slots of `seq`, later positions from the
-// input rows (row p - from_input_position), both in io dtype.
+// Where the tokens to encode come from, and where their codes go. Token i
+// of a launch is token first_token + i of the call. With one sequence
+// (rows null) it sits at position first_position + first_token + i of
+// `seq`; position p < from_input_position is read from the uncompressed
+// slots of `seq`, later positions from the input rows (row p -
+// from_input_position), both in io dtype.
+//
+// A batched append sets `rows` instead: token j of the call belongs to the
+// last row r whose rows[r].first_token is not above it (src/batch_rows.h),
+// and sits at position rows[r].first_encode + (j - rows[r].first_token) of
+// rows[r].seq; that row's tokens come from its slots below rows[r].length
+// and from input row r * row_tokens + (p - rows[r].length) from there on.
 struct EncodeSource {
     UncompressedView slots;
     uint32_t seq = 0;
-    uint64_t first_position = 0;       // of the first token to encode
+    uint64_t first_position = 0;       // of the call's first token to encode
     uint64_t from_input_position = 0;  // positions from here on are input rows
     const void* input_k = nullptr;     // [rows][n_kv_heads][head_dim]
     const void* input_v = nullptr;     // [rows][value_kv_heads][head_dim]
@@ -116,6 +147,10 @@ struct EncodeSource {
     // norms2_head_stride + i] (the caller's [heads][rows] array).
     const double* input_norms2 = nullptr;
     uint64_t norms2_head_stride = 0;
+    uint32_t first_token = 0;        // of this launch, counted over the call
+    const BatchRow* rows = nullptr;  // device, [n_rows]; null: one sequence, as above
+    uint32_t n_rows = 0;
+    uint32_t row_tokens = 0;         // input rows per batch row (n_tokens)
 };
 
 // Keys of n tokens -> normalized pre-RoPE keys t [n][n_kv_heads][head_dim]
@@ -208,9 +243,10 @@ int launch_encode_values(const ModelShape& m, const ValueTables& tables, const E
                          void* cublas, ValuePrecision precision, float* scratch, uint8_t* bits, float* weights,
                          void* stream);
 
-// Writes n encoded tokens into the pool: compressed indices first .. first+n-1
-// of sequence seq (block table row seq).
-int launch_store_compressed(const ModelShape& m, const PoolView& pool, uint32_t seq, uint64_t first, uint32_t n,
+// Writes the n encoded tokens of a launch into the pool: token i (as src
+// names it) into compressed index position - S of its sequence (block
+// table row seq).
+int launch_store_compressed(const ModelShape& m, const PoolView& pool, const EncodeSource& src, uint32_t n,
                             const uint16_t* codes, const float* scales, const uint8_t* bits,
                             const float* weights, void* stream);
 // Copies the uncompressed ones among n new tokens (positions first_position
@@ -221,6 +257,12 @@ int launch_store_compressed(const ModelShape& m, const PoolView& pool, uint32_t 
 int launch_store_uncompressed(const UncompressedView& slots, uint32_t seq, uint64_t first_position, uint32_t n,
                               uint64_t sinks, uint64_t first_window, const void* k, const void* v,
                               const double* norms2, uint64_t norms2_head_stride, uint32_t n_heads, void* stream);
+// The same for every row of a batched append: n_rows rows (device) of
+// n_tokens new tokens each, row r's token t at input row r * n_tokens + t
+// (its norms at column r * n_tokens + t of norms2).
+int launch_store_uncompressed_batch(const UncompressedView& slots, const BatchRow* rows, uint32_t n_rows,
+                                    uint32_t n_tokens, const void* k, const void* v, const double* norms2,
+                                    uint64_t norms2_head_stride, uint32_t n_heads, void* stream);
 
 // ---- attention ----------------------------------------------------------
 

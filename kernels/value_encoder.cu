@@ -73,7 +73,7 @@ prepare_values_kernel(const __grid_constant__ ModelShape m, const __grid_constan
     extern __shared__ float u[];  // [D]
     __shared__ double partial[kWarps];
     const uint32_t D = value_dim(m);
-    const void* v = source_row(src, src.first_position + blockIdx.x, true);
+    const void* v = block_source_token(src).v;
     double s2 = 0;
     for (uint32_t c = threadIdx.x; c < D; c += kThreads) {
         const float x = load_element(v, c, src.slots.io_dtype) / (vt.lambda[c] + kEps);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "batch_rows.h"
 #include "code_packing.h"
 #include "dtype.h"
 #include "error.h"
@@ -179,10 +180,8 @@ void CpuBackend::append_rows(uint32_t layer, uint32_t n_rows, const AppendRow* r
     pool_.parallel_for(n_items, [&](size_t item, unsigned thread) {
         const uint64_t f0 = item * kEncodeBatch;
         const uint32_t n = uint32_t(std::min<uint64_t>(total - f0, kEncodeBatch));
-        // The last row that starts at or before f0 holds it (rows with
-        // nothing to encode start where the next one does).
-        uint32_t r = uint32_t(std::upper_bound(batch_first_.data(), batch_first_.data() + n_rows + 1, f0) -
-                              batch_first_.data()) - 1;
+        // The row of token f0, as the CUDA kernels find it.
+        uint32_t r = batch_rows::row_of(f0, n_rows, [&](uint32_t i) { return batch_first_[i]; });
         EncodeJob jobs[kEncodeBatch];
         for (uint32_t t = 0; t < n; ++t) {
             const uint64_t f = f0 + t;

@@ -1,10 +1,13 @@
 // Helpers of the GPU tests: caches on either device through the C API, the
-// compressed tokens a cache holds, and a float64 reference attention over
-// the keys and values those codes decode to.
+// compressed tokens a cache holds, their codes and whole contents compared
+// between two caches, and a float64 reference attention over the keys and
+// values those codes decode to.
 #pragma once
 
 #include <cuda_runtime.h>
+#include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -130,6 +133,35 @@ struct DeviceCopy {
     }
 };
 
+// A Llama-like random codebook: 2 layers, 2 KV heads of 4 query heads each,
+// head_dim 128, RoPE theta 500000.
+inline test::RandomCodebookSpec llama_like(uint32_t value_bits, uint64_t seed) {
+    test::RandomCodebookSpec s;
+    s.n_layers = 2;
+    s.n_kv_heads = 2;
+    s.n_q_heads = 8;
+    s.head_dim = 128;
+    s.value_bits = value_bits;
+    s.seed = seed;
+    s.rope.theta = 500000;
+    return s;
+}
+
+// Appends the same tokens to a CPU and a GPU cache in chunks.
+inline void append_both(commvq_cache_t* cpu, commvq_cache_t* gpu, uint32_t n_layers, uint32_t seq, const Tensor& k,
+                        const Tensor& v, uint32_t n_tokens, uint32_t token_elems, uint32_t chunk) {
+    const size_t es = dtype_size(k.dtype);
+    for (uint32_t t = 0; t < n_tokens; t += chunk) {
+        const uint32_t n = std::min(chunk, n_tokens - t);
+        for (uint32_t l = 0; l < n_layers; ++l) {
+            const uint8_t* kp = k.bytes.data() + (size_t(l) * n_tokens + t) * token_elems * es;
+            const uint8_t* vp = v.bytes.data() + (size_t(l) * n_tokens + t) * token_elems * es;
+            if (cpu) CVQ_OK(commvq_cache_append(cpu, l, seq, n, kp, vp));
+            if (gpu) CVQ_OK(commvq_cache_append(gpu, l, seq, n, kp, vp));
+        }
+    }
+}
+
 // What a cache holds for one compressed token of one layer.
 struct CompressedToken {
     std::vector<uint16_t> key_codes;  // [n_kv_heads][R]
@@ -159,6 +191,112 @@ inline std::vector<CompressedToken> compressed_tokens(Cache& c, uint32_t layer, 
         p += 4;
     }
     return out;
+}
+
+// The compressed tokens of two caches compared: key codes per token-head,
+// key scales, value bits, and the weights of tokens whose value bits agree.
+struct CodeDiff {
+    size_t token_heads = 0, token_heads_differ = 0, bits = 0, bits_differ = 0;
+    size_t tokens = 0, weights_differ = 0;  // weights_differ: of tokens whose bits agree, bitwise
+    double max_scale_err = 0, max_weight_err = 0;
+    void add(const CodeDiff& d) {
+        token_heads += d.token_heads;
+        token_heads_differ += d.token_heads_differ;
+        bits += d.bits;
+        bits_differ += d.bits_differ;
+        tokens += d.tokens;
+        weights_differ += d.weights_differ;
+        max_scale_err = std::max(max_scale_err, d.max_scale_err);
+        max_weight_err = std::max(max_weight_err, d.max_weight_err);
+    }
+};
+
+inline CodeDiff compare_codes(Cache& a, Cache& b, uint32_t layer, uint32_t seq) {
+    const Codebook& cb = a.codebook();
+    const auto ta = compressed_tokens(a, layer, seq), tb = compressed_tokens(b, layer, seq);
+    REQUIRE(ta.size() == tb.size());
+    CodeDiff d;
+    d.tokens = ta.size();
+    for (size_t i = 0; i < ta.size(); ++i) {
+        for (uint32_t g = 0; g < cb.n_kv_heads; ++g) {
+            ++d.token_heads;
+            bool differ = false;
+            for (uint32_t r = 0; r < cb.key_stages; ++r)
+                differ |= ta[i].key_codes[g * cb.key_stages + r] != tb[i].key_codes[g * cb.key_stages + r];
+            d.token_heads_differ += differ;
+        }
+        for (size_t s = 0; s < ta[i].key_scales.size(); ++s)
+            d.max_scale_err = std::max(d.max_scale_err, double(std::fabs(ta[i].key_scales[s] - tb[i].key_scales[s]) /
+                                                               std::max(1e-30f, std::fabs(tb[i].key_scales[s]))));
+        bool bits_equal = true;
+        for (size_t k = 0; k < ta[i].value_bits.size(); ++k) {
+            const uint8_t x = ta[i].value_bits[k] ^ tb[i].value_bits[k];
+            d.bits += 8;
+            d.bits_differ += __builtin_popcount(x);
+            bits_equal &= x == 0;
+        }
+        if (bits_equal) {
+            d.max_weight_err = std::max(d.max_weight_err, double(std::fabs(ta[i].value_weight - tb[i].value_weight) /
+                                                                 std::fabs(tb[i].value_weight)));
+            d.weights_differ += std::memcmp(&ta[i].value_weight, &tb[i].value_weight, 4) != 0;
+        }
+    }
+    return d;
+}
+
+// Codes of two encoders of the same tokens: at most 0.1% of token-heads
+// (keys) and of value bits differ (near-ties), scales within 1e-5 and the
+// weights of equal bits within 1e-4, relative.
+inline void check_codes(const CodeDiff& d) {
+    INFO("token-heads " << d.token_heads << ", differing " << d.token_heads_differ << "; value bits " << d.bits
+                        << ", differing " << d.bits_differ << "; scale err " << d.max_scale_err << ", weight err "
+                        << d.max_weight_err);
+    MESSAGE("codes: " << d.token_heads_differ << " of " << d.token_heads << " token-heads differ, " << d.bits_differ
+                      << " of " << d.bits << " value bits differ");
+    CHECK(d.token_heads > 0);
+    CHECK(d.token_heads_differ <= d.token_heads / 1000);
+    CHECK(d.bits_differ <= d.bits / 1000);
+    CHECK(d.max_scale_err < 1e-5);
+    CHECK(d.max_weight_err < 1e-4);
+}
+
+// Everything two GPU caches of one codebook and parameters hold, compared:
+// every sequence's block table, layer states and block references exactly,
+// its sinks and window (keys and values) bit for bit, and its compressed
+// tokens' codes into the returned CodeDiff.
+inline CodeDiff compare_caches(Cache& a, Cache& b) {
+    const Codebook& cb = a.codebook();
+    const size_t es = dtype_size(a.params().io_dtype);
+    const size_t kb = size_t(cb.key_dim()) * es, vb = size_t(cb.value_dim()) * es;
+    REQUIRE(a.block_pool().capacity() == b.block_pool().capacity());
+    for (uint32_t i = 0; i < a.block_pool().capacity(); ++i) {
+        CAPTURE(i);
+        CHECK(a.block_pool().references(i) == b.block_pool().references(i));
+    }
+    CodeDiff codes;
+    for (uint32_t seq = 0; seq < a.params().max_seqs; ++seq) {
+        CAPTURE(seq);
+        CHECK(a.sequence(seq).blocks == b.sequence(seq).blocks);
+        for (uint32_t l = 0; l < cb.n_layers; ++l) {
+            CAPTURE(l);
+            const LayerView view_a = a.sequence(seq).view(seq, l, a.params().sink_tokens);
+            const LayerView view_b = b.sequence(seq).view(seq, l, b.params().sink_tokens);
+            REQUIRE(view_a.length == view_b.length);
+            REQUIRE(view_a.compressed == view_b.compressed);
+            // Keys, then values, of the sinks and the window.
+            const auto uncompressed = [&](Cache& c, const LayerView& v) {
+                std::vector<uint8_t> k((v.sinks + v.window) * kb), x((v.sinks + v.window) * vb);
+                c.backend().read_uncompressed(l, v, 0, v.sinks, k.data(), x.data());
+                c.backend().read_uncompressed(l, v, v.first_window_position(), v.window, k.data() + v.sinks * kb,
+                                              x.data() + v.sinks * vb);
+                k.insert(k.end(), x.begin(), x.end());
+                return k;
+            };
+            CHECK(uncompressed(a, view_a) == uncompressed(b, view_b));
+            codes.add(compare_codes(a, b, l, seq));
+        }
+    }
+    return codes;
 }
 
 // Post-RoPE canonical key (double) of one head at a position, from a

@@ -116,6 +116,29 @@ inline Snapshot snapshot(commvq_cache_t* c) {
     return s;
 }
 
+// Everything snapshot() sees, plus the bytes of every compressed token and
+// every uncompressed slot (sinks and window) of every layer of every
+// sequence.
+inline std::vector<uint8_t> contents(commvq_cache_t* c) {
+    std::vector<uint8_t> all = snapshot(c).bytes;
+    const Cache& cache = c->cache;
+    const size_t es = dtype_size(cache.params().io_dtype);
+    const size_t kb = size_t(cache.codebook().key_dim()) * es, vb = size_t(cache.codebook().value_dim()) * es;
+    for (uint32_t seq = 0; seq < cache.params().max_seqs; ++seq) {
+        for (uint32_t l = 0; l < cache.codebook().n_layers; ++l) {
+            const LayerView v = cache.sequence(seq).view(seq, l, cache.params().sink_tokens);
+            std::vector<uint8_t> codes(v.compressed * cache.layout().token_bytes());
+            cache.backend().read_compressed(l, v, 0, v.compressed, codes.data());
+            std::vector<uint8_t> k((v.sinks + v.window) * kb), vv((v.sinks + v.window) * vb);
+            cache.backend().read_uncompressed(l, v, 0, v.sinks, k.data(), vv.data());
+            cache.backend().read_uncompressed(l, v, v.first_window_position(), v.window, k.data() + v.sinks * kb,
+                                              vv.data() + v.sinks * vb);
+            for (const auto* part : {&codes, &k, &vv}) all.insert(all.end(), part->begin(), part->end());
+        }
+    }
+    return all;
+}
+
 // A call that must fail with `status`, say why, and change nothing; the
 // cache's bookkeeping then passes its integrity check (block tables,
 // reference counts, free list: Cache::check_integrity).

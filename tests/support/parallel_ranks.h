@@ -290,10 +290,11 @@ inline void run_random(Ranks& t, uint64_t seed) {
     t.check_contents();
 }
 
-// The shipped 1-bit codebook of the bytellama fixture, through the C API.
-inline commvq_codebook_t* fixture_codebook_handle() {
-    const std::vector<uint8_t> bytes = serialize_codebook(
-        load_codebook(std::string(COMMVQ_TEST_DATA) + "/../../data/codebooks/bytellama-13m-1bit.safetensors"));
+// A shipped codebook of the bytellama fixture (the 1-bit one unless named),
+// through the C API.
+inline commvq_codebook_t* fixture_codebook_handle(const char* file = "bytellama-13m-1bit.safetensors") {
+    const std::vector<uint8_t> bytes =
+        serialize_codebook(load_codebook(std::string(COMMVQ_TEST_DATA) + "/../../data/codebooks/" + file));
     commvq_codebook_t* h = nullptr;
     REQUIRE(commvq_codebook_load_memory(bytes.data(), bytes.size(), &h) == COMMVQ_OK);
     return h;

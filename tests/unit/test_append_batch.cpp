@@ -24,28 +24,6 @@ using namespace commvq::test;
 
 namespace {
 
-// Everything snapshot() sees, plus the bytes of every compressed token and
-// every uncompressed slot (sinks and window) of every layer of every
-// sequence.
-std::vector<uint8_t> contents(commvq_cache_t* c) {
-    std::vector<uint8_t> all = snapshot(c).bytes;
-    const Cache& cache = c->cache;
-    const size_t half = size_t(cache.codebook().value_dim()) * dtype_size(cache.params().io_dtype);
-    for (uint32_t seq = 0; seq < cache.params().max_seqs; ++seq) {
-        for (uint32_t l = 0; l < cache.codebook().n_layers; ++l) {
-            const LayerView v = cache.sequence(seq).view(seq, l, cache.params().sink_tokens);
-            std::vector<uint8_t> codes(v.compressed * cache.layout().token_bytes());
-            cache.backend().read_compressed(l, v, 0, v.compressed, codes.data());
-            std::vector<uint8_t> k((v.sinks + v.window) * half), vv(k.size());
-            cache.backend().read_uncompressed(l, v, 0, v.sinks, k.data(), vv.data());
-            cache.backend().read_uncompressed(l, v, v.first_window_position(), v.window, k.data() + v.sinks * half,
-                                              vv.data() + v.sinks * half);
-            for (const auto* part : {&codes, &k, &vv}) all.insert(all.end(), part->begin(), part->end());
-        }
-    }
-    return all;
-}
-
 // Random tokens in the cache's io dtype: n rows of D elements.
 std::vector<uint8_t> tokens_io(Rng& rng, size_t n, size_t D, int32_t dtype, double scale = 1.0) {
     const std::vector<float> x = rng.normals(n * D, scale);
