@@ -189,23 +189,29 @@ __attribute__((visibility("default"))) double cvq_bench_prefill(uint32_t bits, u
     void* out = nullptr;
     BENCH_CUDA(cudaMalloc(&out, size_t(queries) * cb.n_q_heads * cb.head_dim * 2));
     std::unique_ptr<void, cudaError_t (*)(void*)> out_guard(out, cudaFree);
-    for (uint32_t l = 0; l < kLayers; ++l) BENCH_OK(commvq_cache_attend(c, l, 0, queries, q.ptr, out, nullptr, 0));
-    BENCH_CUDA(cudaDeviceSynchronize());
+    // The cache's calls and the events on one stream of our own, as in cvq_bench_decode.
+    cudaStream_t stream;
+    BENCH_CUDA(cudaStreamCreate(&stream));
+    std::unique_ptr<CUstream_st, cudaError_t (*)(cudaStream_t)> stream_guard(stream, cudaStreamDestroy);
+    BENCH_OK(commvq_cache_set_stream(c, stream));
     cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
+    BENCH_CUDA(cudaEventCreate(&a));
+    std::unique_ptr<CUevent_st, cudaError_t (*)(cudaEvent_t)> a_guard(a, cudaEventDestroy);
+    BENCH_CUDA(cudaEventCreate(&b));
+    std::unique_ptr<CUevent_st, cudaError_t (*)(cudaEvent_t)> b_guard(b, cudaEventDestroy);
+    for (uint32_t l = 0; l < kLayers; ++l) BENCH_OK(commvq_cache_attend(c, l, 0, queries, q.ptr, out, nullptr, 0));
+    BENCH_CUDA(cudaStreamSynchronize(stream));
     std::vector<double> times;
     for (uint32_t i = 0; i < reps; ++i) {
-        cudaEventRecord(a);
+        cudaEventRecord(a, stream);
         for (uint32_t l = 0; l < kLayers; ++l) BENCH_OK(commvq_cache_attend(c, l, 0, queries, q.ptr, out, nullptr, 0));
-        cudaEventRecord(b);
+        cudaEventRecord(b, stream);
         BENCH_CUDA(cudaEventSynchronize(b));
         float ms = 0;
         cudaEventElapsedTime(&ms, a, b);
         times.push_back(ms * 1000.0 / kLayers);
     }
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
+    BENCH_OK(commvq_cache_set_stream(c, nullptr));
     return median(times);
 }
 
