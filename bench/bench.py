@@ -18,6 +18,23 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 HQ, HKV, D = 32, 8, 128
 
 
+def median_call_us(call, sets, calls):
+    """Median µs of call(k, v), each set called once first, then `calls`
+    timed calls rotating over the sets (layers), each timed by events."""
+    for k, v in sets:
+        call(k, v)
+    times = []
+    for i in range(calls):
+        k, v = sets[i % len(sets)]
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        call(k, v)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1000)
+    return statistics.median(times)
+
+
 def sdpa_us(batch, ctx, backend, reps=200):
     """Median µs of one bf16 decode SDPA call, rotating over 4 KV sets (layers)."""
     q = torch.randn(batch, HQ, 1, D, device="cuda", dtype=torch.bfloat16)
@@ -25,18 +42,7 @@ def sdpa_us(batch, ctx, backend, reps=200):
             torch.randn(batch, HKV, ctx, D, device="cuda", dtype=torch.bfloat16)) for _ in range(4)]
     try:
         with sdpa_kernel(backend):
-            for k, v in kvs:
-                F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-            times = []
-            for i in range(reps):
-                k, v = kvs[i % 4]
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b) * 1000)
-        return statistics.median(times)
+            return median_call_us(lambda k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), kvs, reps)
     except RuntimeError as e:
         print(f"  (SDPA backend {backend} unavailable: {str(e).splitlines()[0]})", file=sys.stderr)
         return float("nan")
@@ -58,31 +64,19 @@ def sdpa_prefill_us(ctx, queries, reps=10):
     kvs = [(torch.randn(1, HKV, ctx + queries, D, device="cuda", dtype=torch.bfloat16),
             torch.randn(1, HKV, ctx + queries, D, device="cuda", dtype=torch.bfloat16)) for _ in range(4)]
 
-    def timed(call, sets):
-        for k, v in sets:
-            call(k, v)
-        times = []
-        for i in range(reps * 4):
-            k, v = sets[i % 4]
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            call(k, v)
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) * 1000)
-        return statistics.median(times)
-
     mask = causal_lower_right(queries, ctx + queries)
     rep = HQ // HKV
     try:
         try:
             wide = [(k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)) for k, v in kvs]
-            return timed(lambda k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), wide), "causal"
+            return median_call_us(lambda k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), wide,
+                                  reps * 4), "causal"
         except RuntimeError as e:
             print(f"  (SDPA with a lower-right causal mask failed: {str(e).splitlines()[0]}; timed without the mask)",
                   file=sys.stderr)
             wide = None
-            return timed(lambda k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), kvs), "no mask"
+            return median_call_us(lambda k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), kvs,
+                                  reps * 4), "no mask"
     finally:
         del kvs, wide
         torch.cuda.empty_cache()
